@@ -1,0 +1,66 @@
+"""Backends: the protocol, the shipped implementations, and :func:`load_backend` for spec strings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+from .base import BackendBase, BackendCapabilities, VisionChatBackend, check_capabilities
+from .scripted import ScriptedBackend
+
+if TYPE_CHECKING:
+    from .transformers import TransformersBackend
+
+__all__ = [
+    "BackendBase",
+    "BackendCapabilities",
+    "ScriptedBackend",
+    "TransformersBackend",
+    "VisionChatBackend",
+    "check_capabilities",
+    "load_backend",
+]
+
+SPEC_HELP = (
+    "model specs: 'tiny-random' (or 'tiny-random:<variant>', variants llava, gemma3, llava-small, "
+    "gemma3-small), 'hf:<hub id or local folder>'"
+)
+
+
+def load_backend(spec: str | VisionChatBackend, **options: Any) -> VisionChatBackend:
+    """Resolve a model spec string into a backend (a backend object is returned as is).
+
+    ``options`` go to the backend's settings (for transformers: ``device``, ``dtype``, ...).
+
+    Raises:
+        ConfigError: an unknown or malformed spec.
+        BackendUnavailableError: the model cannot be loaded.
+        MissingDependencyError: the extra the backend needs is not installed.
+
+    """
+    if not isinstance(spec, str):
+        return spec
+    scheme, _, rest = spec.partition(":")
+    if scheme == "tiny-random":
+        from .tiny import build_tiny_model
+        from .transformers import TransformersBackend
+
+        seed = int(options.pop("seed", 0))
+        path = build_tiny_model(rest or "llava", seed=seed)
+        backend = TransformersBackend.from_pretrained(str(path), local_files_only=True, **options)
+        backend.name = spec
+        return backend
+    if scheme == "hf" and rest:
+        from .transformers import TransformersBackend
+
+        return TransformersBackend.from_pretrained(rest, **options)
+    raise ConfigError(f"unknown model spec {spec!r}; {SPEC_HELP}")
+
+
+def __getattr__(name: str) -> Any:
+    # Heavy backends import torch/transformers only when first used.
+    if name == "TransformersBackend":
+        from .transformers import TransformersBackend
+
+        return TransformersBackend
+    raise AttributeError(name)

@@ -1,0 +1,90 @@
+"""The narrow protocol every vision-chat backend implements, and what backends share."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import CapabilityError
+from ..types import ChatReply, ChatRequest, YesNoScore
+
+__all__ = ["BackendBase", "BackendCapabilities", "VisionChatBackend", "check_capabilities"]
+
+
+class BackendCapabilities(BaseModel):
+    """What a backend can do; requests are checked against it before any model call."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    score_yes_no: bool = False
+    """Offers :meth:`VisionChatBackend.score_yes_no` (first-token yes/no probabilities)."""
+    max_images: int | None = None
+    """Most images per request; None for no fixed limit."""
+    tools: bool = False
+    """Understands tool definitions and returns tool calls."""
+    streaming: bool = False
+    """Streams tokens natively (the guard streams only after its verdict either way)."""
+
+
+@runtime_checkable
+class VisionChatBackend(Protocol):
+    """A vision-language chat model. Calls are batched: one reply per request, in order."""
+
+    name: str
+    """Human-readable model name (recorded in results and served by ``/v1/models``)."""
+    capabilities: BackendCapabilities
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
+        """Answer each request."""
+        ...
+
+    async def agenerate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
+        """Answer each request without blocking the event loop."""
+        ...
+
+    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
+        """P("yes") and P("no") as the first answer token of each request (if ``capabilities.score_yes_no``)."""
+        ...
+
+    async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
+        """Async :meth:`score_yes_no`."""
+        ...
+
+
+def check_capabilities(capabilities: BackendCapabilities, request: ChatRequest, name: str) -> None:
+    """Raise :class:`CapabilityError` when ``request`` needs what the backend lacks."""
+    count = len(request.images)
+    if capabilities.max_images is not None and count > capabilities.max_images:
+        raise CapabilityError(f"{name} takes at most {capabilities.max_images} image(s); got {count}")
+    if request.tools and not capabilities.tools:
+        raise CapabilityError(f"{name} does not support tools")
+
+
+class BackendBase:
+    """Defaults for backends: async methods run the sync ones in a worker thread, no scoring.
+
+    Subclasses set ``name`` and ``capabilities`` and implement :meth:`generate`; backends with
+    native async I/O override the ``a*`` methods.
+    """
+
+    name: str = "backend"
+    capabilities: BackendCapabilities = BackendCapabilities()
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:  # pragma: no cover
+        """Answer each request."""
+        raise NotImplementedError
+
+    async def agenerate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
+        """Run :meth:`generate` off the event loop."""
+        return await asyncio.to_thread(self.generate, list(requests))
+
+    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
+        """Not supported unless a subclass says so."""
+        raise CapabilityError(f"{self.name} cannot score yes/no tokens")
+
+    async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
+        """Run :meth:`score_yes_no` off the event loop."""
+        return await asyncio.to_thread(self.score_yes_no, list(requests))

@@ -1,0 +1,315 @@
+"""Hugging Face transformers backend: any image-text-to-text model, loaded with ``from_pretrained``.
+
+Layers: :func:`to_template_messages` is a pure translator (request -> chat-template messages and the
+PIL images in order); :class:`TransformersBackend` renders the processor's chat template, batches
+with left padding, generates greedily by default, and scores yes/no from first-token logits.
+Importing this module imports torch and transformers; ``ecso_core`` imports it lazily.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import BackendError, BackendUnavailableError, CapabilityError, MissingDependencyError
+from ..images import load_image
+from ..types import ChatReply, ChatRequest, GenerationParams, ImagePart, TextPart, TokenUsage, YesNoScore
+from .base import BackendBase, BackendCapabilities, check_capabilities
+
+try:
+    import torch
+    import transformers
+    from transformers.utils import logging as hf_logging
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    raise MissingDependencyError(exc.name or "transformers", "hf") from exc
+
+__all__ = ["TransformersBackend", "TransformersSettings", "to_template_messages", "yes_no_token_ids"]
+
+_YES_VARIANTS = ("yes", "Yes", "YES", " yes", " Yes", " YES")
+_NO_VARIANTS = ("no", "No", "NO", " no", " No", " NO")
+
+
+class TransformersSettings(BaseModel):
+    """How to load and run a transformers model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    """Hub id or local folder."""
+    device: str = "auto"
+    """``"auto"`` (CUDA, then MPS, then CPU), or a torch device string."""
+    dtype: str = "auto"
+    """``"auto"`` (bfloat16 on CUDA, float32 elsewhere), ``"float32"``, ``"bfloat16"``, ``"float16"``."""
+    max_batch_size: int = Field(default=8, ge=1)
+    """Most requests per forward pass; larger calls are split."""
+    trust_remote_code: bool = False
+    local_files_only: bool = False
+    """Never contact the hub (also implied by ``HF_HUB_OFFLINE=1``)."""
+    attn_implementation: str | None = None
+    """E.g. ``"sdpa"``, ``"flash_attention_2"``; None lets transformers choose."""
+
+
+def to_template_messages(
+    request: ChatRequest, specials: re.Pattern[str] | None = None
+) -> tuple[list[dict[str, Any]], list[Image.Image]]:
+    """Translate ``request`` into chat-template messages and its images, in order.
+
+    Image parts become ``{"type": "image"}`` placeholders (the processor receives the PIL images
+    separately, never a path or URL); text has the tokenizer's control tokens removed.
+
+    Raises:
+        CapabilityError: tool messages or tool calls (this backend does not do tools).
+
+    """
+    messages: list[dict[str, Any]] = []
+    images: list[Image.Image] = []
+    for message in request.messages:
+        if message.role == "tool" or message.tool_calls:
+            raise CapabilityError("the transformers backend does not support tool messages")
+        content: list[dict[str, Any]] = []
+        for part in message.content:
+            if isinstance(part, ImagePart):
+                images.append(part.image if isinstance(part.image, Image.Image) else load_image(part.image))
+                content.append({"type": "image"})
+            elif isinstance(part, TextPart):
+                text = specials.sub("", part.text) if specials is not None else part.text
+                content.append({"type": "text", "text": text})
+            else:  # pragma: no cover - the Part union is closed
+                raise CapabilityError(f"unknown message part {type(part).__name__}")
+        messages.append({"role": message.role, "content": content})
+    return messages, images
+
+
+def yes_no_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """First-token ids of the spellings of "yes" and "no" (ids shared by both are dropped)."""
+
+    def first_ids(variants: tuple[str, ...], word: str) -> set[int]:
+        ids = set()
+        for variant in variants:
+            encoded = tokenizer.encode(variant, add_special_tokens=False)
+            if encoded:
+                piece = tokenizer.decode(encoded[:1]).strip().lower()
+                if piece and word.startswith(piece):
+                    ids.add(encoded[0])
+        return ids
+
+    yes, no = first_ids(_YES_VARIANTS, "yes"), first_ids(_NO_VARIANTS, "no")
+    return sorted(yes - no), sorted(no - yes)
+
+
+class TransformersBackend(BackendBase):
+    """A transformers vision-language model with its processor.
+
+    Build it with :meth:`from_pretrained`, or pass an already loaded ``model`` and ``processor``.
+    """
+
+    def __init__(self, model: Any, processor: Any, *, name: str | None = None, max_batch_size: int = 8) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"  # decoder-only batching: pad on the left
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.name = name or getattr(model.config, "name_or_path", None) or type(model).__name__
+        self.max_batch_size = max_batch_size
+        self.capabilities = BackendCapabilities(score_yes_no=True, tools=False)
+        self._specials = _specials_pattern(self.tokenizer)
+        self._yes_ids, self._no_ids = yes_no_token_ids(self.tokenizer)
+        self._lock = threading.Lock()  # one forward pass at a time on the model
+
+    @classmethod
+    def from_pretrained(cls, model: str, **settings: Any) -> TransformersBackend:
+        """Load a hub id or a local folder (see :class:`TransformersSettings` for options).
+
+        Raises:
+            BackendUnavailableError: not found locally and the hub is unreachable, or a bad path.
+
+        """
+        options = TransformersSettings(model=model, **settings)
+        hf_logging.disable_progress_bar()
+        kwargs: dict[str, Any] = {
+            "trust_remote_code": options.trust_remote_code,
+            "local_files_only": options.local_files_only,
+        }
+        device = _device(options.device)
+        try:
+            processor = transformers.AutoProcessor.from_pretrained(options.model, **kwargs)
+            load = {"dtype": _dtype(options.dtype, device), **kwargs}
+            if options.attn_implementation:
+                load["attn_implementation"] = options.attn_implementation
+            loaded = _model_class(options.model, kwargs).from_pretrained(options.model, **load)
+        except OSError as exc:
+            hint = (
+                ""
+                if Path(options.model).exists()
+                else (
+                    f" If you are offline, download it first on a connected machine "
+                    f"(huggingface-cli download {options.model}) or pass a local folder."
+                )
+            )
+            raise BackendUnavailableError(f"cannot load model {options.model!r}: {exc}.{hint}") from exc
+        loaded.to(device).eval()
+        name = Path(options.model).name if Path(options.model).exists() else options.model
+        return cls(loaded, processor, name=name, max_batch_size=options.max_batch_size)
+
+    # ---- backend protocol -------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
+        """Generate an answer for each request (batched per identical decoding parameters)."""
+        replies: dict[int, ChatReply] = {}
+        for params, indices in self._batches(requests):
+            for index, reply in zip(indices, self._generate_batch([requests[i] for i in indices], params), strict=True):
+                replies[index] = reply
+        return [replies[i] for i in range(len(requests))]
+
+    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
+        """P(yes) and P(no) of the first answer token, from one forward pass over each prompt."""
+        scores: dict[int, YesNoScore] = {}
+        for _, indices in self._batches(requests, by_params=False):
+            inputs, prompt_tokens = self._encode([requests[i] for i in indices])
+            with self._lock, torch.inference_mode():
+                try:
+                    logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :]
+                except (RuntimeError, ValueError) as exc:
+                    raise BackendError(f"{self.name} forward pass failed: {exc}") from exc
+            probs = torch.softmax(logits.float(), dim=-1)
+            p_yes = probs[:, self._yes_ids].sum(-1).tolist()
+            p_no = probs[:, self._no_ids].sum(-1).tolist()
+            for row, index in enumerate(indices):
+                scores[index] = YesNoScore(
+                    p_yes=min(p_yes[row], 1.0),
+                    p_no=min(p_no[row], 1.0),
+                    usage=TokenUsage(prompt_tokens=prompt_tokens[row]),
+                )
+        return [scores[i] for i in range(len(requests))]
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    def _batches(
+        self, requests: Sequence[ChatRequest], by_params: bool = True
+    ) -> list[tuple[GenerationParams, list[int]]]:
+        """Group request indices by decoding params and by with/without images, in chunks."""
+        groups: dict[tuple[Any, bool], list[int]] = {}
+        for index, request in enumerate(requests):
+            check_capabilities(self.capabilities, request, self.name)
+            key = (request.params if by_params else None, bool(request.images))
+            groups.setdefault(key, []).append(index)
+        batches = []
+        for (params, _), indices in groups.items():
+            for start in range(0, len(indices), self.max_batch_size):
+                batches.append((params or GenerationParams(), indices[start : start + self.max_batch_size]))
+        return batches
+
+    def _encode(self, requests: list[ChatRequest]) -> tuple[Any, list[int]]:
+        texts, images = [], []
+        for request in requests:
+            messages, request_images = to_template_messages(request, self._specials)
+            texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            images.append(request_images)
+        # Templates that write the BOS token themselves must not get a second one.
+        bos = self.tokenizer.bos_token
+        add_special = not (bos and all(t.startswith(bos) for t in texts))
+        try:
+            inputs = self.processor(
+                text=texts,
+                images=images if any(images) else None,
+                padding=True,
+                return_tensors="pt",
+                add_special_tokens=add_special,
+            )
+        except (ValueError, TypeError, OSError) as exc:
+            raise BackendError(f"{self.name} processor failed: {exc}") from exc
+        inputs = inputs.to(self.model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return inputs, inputs["attention_mask"].sum(-1).tolist()
+
+    def _generate_batch(self, requests: list[ChatRequest], params: GenerationParams) -> list[ChatReply]:
+        inputs, prompt_tokens = self._encode(requests)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "do_sample": params.temperature > 0,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if params.temperature > 0:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p)
+        else:  # greedy: drop sampling defaults a model's generation_config may carry
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        with self._lock, torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            try:
+                output = self.model.generate(**inputs, **kwargs)
+            except (RuntimeError, ValueError) as exc:
+                raise BackendError(f"{self.name} generation failed: {exc}") from exc
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return [
+            self._reply(row.tolist(), prompt, params) for row, prompt in zip(new_tokens, prompt_tokens, strict=True)
+        ]
+
+    def _reply(self, tokens: list[int], prompt_tokens: int, params: GenerationParams) -> ChatReply:
+        stops = set(_as_list(self.model.generation_config.eos_token_id)) | {self.tokenizer.pad_token_id}
+        length = next((i for i, t in enumerate(tokens) if t in stops), None)
+        finish = "stop" if length is not None else "length"
+        kept = tokens if length is None else tokens[:length]
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        for stop in params.stop:
+            if stop in text:
+                text, finish = text[: text.index(stop)], "stop"
+        usage = TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=len(kept))
+        return ChatReply(text=text.strip(), usage=usage, finish_reason=finish)
+
+
+def _specials_pattern(tokenizer: Any) -> re.Pattern[str] | None:
+    specials = set(getattr(tokenizer, "all_special_tokens", []))
+    for token in getattr(tokenizer, "added_tokens_decoder", {}).values():
+        if getattr(token, "special", False):
+            specials.add(str(token))
+    specials = {s for s in specials if s}
+    if not specials:
+        return None
+    return re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
+
+
+def _as_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _dtype(name: str, device: str) -> Any:
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return getattr(torch, name)
+    except AttributeError:
+        raise BackendUnavailableError(f"unknown dtype {name!r}") from None
+
+
+def _model_class(model: str, kwargs: dict[str, Any]) -> Any:
+    """``AutoModelForImageTextToText`` where it covers the model, else the config's own class."""
+    config = transformers.AutoConfig.from_pretrained(model, **kwargs)
+    if type(config) in transformers.AutoModelForImageTextToText._model_mapping:
+        return transformers.AutoModelForImageTextToText
+    for architecture in config.architectures or []:
+        if hasattr(transformers, architecture):
+            return getattr(transformers, architecture)
+    raise BackendUnavailableError(f"{model!r} is not an image-text-to-text model transformers can load")

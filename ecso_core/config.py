@@ -1,0 +1,78 @@
+"""Typed, frozen configuration of the guard. Unknown keys are errors."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .prompts import PromptSet, get_prompt_set
+from .types import GenerationParams
+
+__all__ = ["ECSOConfig", "FailMode", "ImageLimits"]
+
+FailMode = Literal["closed", "refuse", "raise"]
+"""What to do when the self-check call fails or its reply cannot be parsed:
+``"closed"`` takes the unsafe path (caption + eyes-closed answer), ``"refuse"`` answers with
+``refusal_message``, ``"raise"`` raises :class:`~ecso_core.errors.CheckFailedError`."""
+
+
+class ImageLimits(BaseModel):
+    """Bounds applied to every image before any model sees it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    """Largest encoded image accepted (bytes, file, base64 payload or download)."""
+    max_pixels: int = Field(default=40_000_000, ge=1)
+    """Largest decoded width x height accepted; guards against decompression bombs."""
+    max_images: int = Field(default=16, ge=0)
+    """Most images accepted in one request."""
+    url_timeout_s: float = Field(default=10.0, gt=0)
+    """Time limit for fetching one image URL (only when URLs are allowed)."""
+
+
+class ECSOConfig(BaseModel):
+    """Everything that changes how the guard behaves. Frozen; build a new one to change it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt_set: str = "ecso-paper"
+    """Name of the prompt set (see :data:`ecso_core.prompts.PROMPT_SETS`)."""
+    prompt_overrides: dict[str, str] = Field(default_factory=dict)
+    """Replace single templates of the set, e.g. ``{"check": "..."}``."""
+    verdict_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Unsafe when P(yes) / (P(yes) + P(no)) >= this value (probability verdicts only)."""
+    use_scores: bool = True
+    """Decide from yes/no token probabilities when the judge backend can score."""
+    fail_mode: FailMode = "closed"
+    refusal_message: str = "I'm sorry, but I can't help with that request."
+    """The answer given when ``fail_mode="refuse"`` applies."""
+    check_text_only: bool = False
+    """Also self-check requests without images (ECSO is for images; off by default)."""
+    check_response_chars: int = Field(default=1927, ge=1)
+    """The answer is cut to this many characters inside the check prompt (as the official code)."""
+    max_caption_chars: int = Field(default=2000, ge=1)
+    """Captions are untrusted: longer ones are cut before they enter the hints prompt."""
+    answer_params: GenerationParams | None = None
+    """Decoding of step 1; ``None`` uses the request's own parameters."""
+    check_params: GenerationParams = GenerationParams(max_new_tokens=16)
+    """Decoding of the self-check when it is read from text (only the leading word matters)."""
+    caption_params: GenerationParams = GenerationParams()
+    """Decoding of the query-aware caption (paper: greedy, 1,024 new tokens)."""
+    eyes_closed_params: GenerationParams | None = None
+    """Decoding of the eyes-closed answer; ``None`` uses the request's own parameters."""
+    image_limits: ImageLimits = ImageLimits()
+    allow_image_urls: bool = False
+    """Fetch ``http(s)`` image URLs (bounded in size and time, private addresses blocked)."""
+
+    @model_validator(mode="after")
+    def _prompts_resolve(self) -> ECSOConfig:
+        get_prompt_set(self.prompt_set, self.prompt_overrides)  # raises ConfigError early
+        return self
+
+    @cached_property
+    def prompts(self) -> PromptSet:
+        """The resolved prompt set, overrides applied."""
+        return get_prompt_set(self.prompt_set, self.prompt_overrides)

@@ -1,0 +1,266 @@
+"""The ECSO algorithm, written once, as a generator that does no I/O.
+
+:func:`ecso_flow` yields the model calls it needs, a list at a time (calls in one list are
+independent and may run together), is sent one :class:`Outcome` per call, and returns the
+:class:`~ecso_core.result.ECSOResult`. The drivers in :mod:`ecso_core.guard` pump it for sync,
+async, streaming and batched use, so every mode runs exactly this code. Tests can step it by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from .config import ECSOConfig
+from .errors import CheckFailedError, MessageError
+from .prompts import PromptSet, sanitize_caption
+from .result import Decision, ECSOResult, StepName, StepTrace
+from .types import ChatReply, ChatRequest, ImagePart, Message, TextPart, TokenUsage, YesNoScore
+from .verdict import Verdict, verdict_from_score, verdict_from_text
+
+__all__ = ["ModelCall", "Outcome", "ecso_flow", "distinct_images", "last_user_index"]
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """One model call the flow needs."""
+
+    step: StepName
+    request: ChatRequest
+    target: Literal["model", "judge"] = "model"
+    """``"judge"`` for the self-check (a separate judge backend when one is configured)."""
+    score: bool = False
+    """Ask for yes/no token probabilities instead of generated text."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a driver sends back for one :class:`ModelCall`: a value or the error it raised."""
+
+    value: ChatReply | YesNoScore | None = None
+    error: BaseException | None = None
+    latency_s: float = 0.0
+
+    def trace(self, call: ModelCall) -> StepTrace:
+        """The step record of ``call`` with this outcome."""
+        value = self.value
+        if isinstance(value, YesNoScore):
+            output: str | None = f"P(yes)={value.p_yes:.6f} P(no)={value.p_no:.6f}"
+        elif isinstance(value, ChatReply):
+            output = value.as_check_text()
+        else:
+            output = None
+        return StepTrace(
+            name=call.step,
+            messages=call.request.messages,
+            output=output,
+            latency_s=self.latency_s,
+            usage=value.usage if value is not None else TokenUsage(),
+            error=None if self.error is None else f"{type(self.error).__name__}: {self.error}",
+        )
+
+
+Flow = Generator[list[ModelCall], list[Outcome], ECSOResult]
+
+
+def last_user_index(messages: Sequence[Message]) -> int:
+    """Index of the last user message (its text is the query).
+
+    Raises:
+        MessageError: the conversation has no user message.
+
+    """
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].role == "user":
+            return index
+    raise MessageError("the conversation has no user message to take the query from")
+
+
+def distinct_images(request: ChatRequest) -> tuple[ImagePart, ...]:
+    """The conversation's images, first occurrence of each (by digest, else by identity)."""
+    seen: set[object] = set()
+    unique: list[ImagePart] = []
+    for image in request.images:
+        key = image.digest or id(image.image)
+        if key not in seen:
+            seen.add(key)
+            unique.append(image)
+    return tuple(unique)
+
+
+def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = False) -> Flow:
+    """Run ECSO on ``request`` (images already prepared), yielding model calls.
+
+    Args:
+        request: the user's request; its images should carry digests (see ``images.prepare_request``).
+        config: the guard's configuration.
+        can_score: the judge backend offers ``score_yes_no`` (used when ``config.use_scores``).
+
+    Returns:
+        The :class:`ECSOResult` (as the generator's return value).
+
+    Raises:
+        MessageError: no user message in the conversation.
+        CheckFailedError: the check failed and ``config.fail_mode == "raise"``.
+        Exception: whatever the answer, caption or eyes-closed call raised.
+
+    """
+    prompts = config.prompts
+    final_user = last_user_index(request.messages)
+    query = request.messages[final_user].text
+    steps: list[StepTrace] = []
+
+    # Step 1: the normal answer, with images.
+    answer_call = ModelCall("answer", _with_params(request, config.answer_params))
+    answer = yield from _one(answer_call, steps)
+    assert isinstance(answer, ChatReply)
+    initial = answer.as_check_text()
+
+    def finish(decision: Decision, final: ChatReply, **extra: object) -> ECSOResult:
+        return ECSOResult(
+            answer=final.text,
+            decision=decision,
+            initial_answer=initial,
+            tool_calls=final.tool_calls,
+            steps=tuple(steps),
+            prompt_set=prompts.name,
+            finish_reason=final.finish_reason,
+            **extra,  # type: ignore[arg-type]
+        )
+
+    images = distinct_images(request)
+    if not images and not config.check_text_only:
+        return finish("no_image", answer)
+
+    # Step 2: harm-aware self-check, a fresh single-turn request with the same images.
+    check_text = prompts.render("check", query=query, response=initial[: config.check_response_chars])
+    check_request = ChatRequest(
+        messages=(Message(role="user", content=(*images, TextPart(text=check_text))),),
+        params=config.check_params,
+    )
+    score = can_score and config.use_scores
+    check_call = ModelCall("check", check_request, target="judge", score=score)
+    (outcome,) = yield [check_call]
+    steps.append(outcome.trace(check_call))
+    verdict = _verdict(outcome, config.verdict_threshold)
+
+    # Step 3: a safe verdict releases the step-1 answer unchanged.
+    if verdict.unsafe is False:
+        return finish("safe", answer, verdict=verdict)
+
+    decision: Decision = "unsafe"
+    if verdict.unsafe is None:
+        if config.fail_mode == "raise":
+            raise CheckFailedError(f"the safety check gave no verdict: {verdict.error}")
+        if config.fail_mode == "refuse":
+            refusal = ChatReply(text=config.refusal_message, finish_reason="stop")
+            return finish("fail_closed", refusal, verdict=verdict)
+        decision = "fail_closed"
+
+    # Step 4: query-aware image-to-text, one caption per distinct image.
+    captions: dict[int, str] = {}
+    if images:
+        caption_text = prompts.render("caption", query=query)
+        caption_calls = [
+            ModelCall(
+                "caption",
+                ChatRequest(
+                    messages=(Message(role="user", content=(image, TextPart(text=caption_text))),),
+                    params=config.caption_params,
+                ),
+            )
+            for image in images
+        ]
+        outcomes = yield caption_calls
+        for n, (call, out) in enumerate(zip(caption_calls, outcomes, strict=True), start=1):
+            steps.append(out.trace(call))
+            reply = _unwrap(out)
+            assert isinstance(reply, ChatReply)
+            captions[n] = sanitize_caption(reply.text, config.max_caption_chars)
+
+    # Step 5: eyes closed: the conversation with no image at all.
+    closed_messages = _eyes_closed_messages(request, images, captions, final_user, prompts)
+    closed_request = ChatRequest(
+        messages=closed_messages,
+        params=config.eyes_closed_params or request.params,
+        tools=request.tools,
+    )
+    final = yield from _one(ModelCall("eyes_closed", closed_request), steps)
+    assert isinstance(final, ChatReply)
+    return finish(decision, final, verdict=verdict, captions=tuple(captions.values()))
+
+
+def _one(call: ModelCall, steps: list[StepTrace]) -> Generator[list[ModelCall], list[Outcome], ChatReply | YesNoScore]:
+    (outcome,) = yield [call]
+    steps.append(outcome.trace(call))
+    return _unwrap(outcome)
+
+
+def _unwrap(outcome: Outcome) -> ChatReply | YesNoScore:
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.value is not None
+    return outcome.value
+
+
+def _with_params(request: ChatRequest, params: object) -> ChatRequest:
+    return request if params is None else request.model_copy(update={"params": params})
+
+
+def _verdict(outcome: Outcome, threshold: float) -> Verdict:
+    if outcome.error is not None:
+        error = f"{type(outcome.error).__name__}: {outcome.error}"
+        return Verdict(unsafe=None, method="failed", error=error)
+    if isinstance(outcome.value, YesNoScore):
+        return verdict_from_score(outcome.value, threshold)
+    assert isinstance(outcome.value, ChatReply)
+    return verdict_from_text(outcome.value.text)
+
+
+def _eyes_closed_messages(
+    request: ChatRequest,
+    images: tuple[ImagePart, ...],
+    captions: dict[int, str],
+    final_user: int,
+    prompts: PromptSet,
+) -> tuple[Message, ...]:
+    """Replace every image by its caption and wrap the final user turn in the hints prompt."""
+    number = {_image_key(image): n for n, image in enumerate(images, start=1)}
+    messages: list[Message] = []
+    for index, message in enumerate(request.messages):
+        if index == final_user:
+            messages.append(_hints_turn(message, number, captions, prompts))
+            continue
+        parts = tuple(
+            TextPart(
+                text=prompts.render(
+                    "image_in_history",
+                    n=str(number[_image_key(part)]),
+                    caption=captions.get(number[_image_key(part)], ""),
+                )
+            )
+            if isinstance(part, ImagePart)
+            else part
+            for part in message.content
+        )
+        messages.append(message.model_copy(update={"content": parts}))
+    return tuple(messages)
+
+
+def _hints_turn(message: Message, number: dict[object, int], captions: dict[int, str], prompts: PromptSet) -> Message:
+    own = [number[_image_key(image)] for image in message.images]
+    chosen = list(dict.fromkeys(own)) or sorted(captions)
+    if not captions:  # text-only request judged unsafe (check_text_only)
+        text = prompts.render("harmless", query=message.text)
+    else:
+        if len(chosen) == 1:
+            hint = captions[chosen[0]]
+        else:
+            hint = "\n".join(prompts.render("numbered_caption", n=str(n), caption=captions[n]) for n in chosen)
+        text = prompts.render("eyes_closed", caption=hint, query=message.text)
+    return message.model_copy(update={"content": (TextPart(text=text),)})
+
+
+def _image_key(image: ImagePart) -> object:
+    return image.digest or id(image.image)

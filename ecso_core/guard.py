@@ -1,0 +1,312 @@
+"""``ECSO``: the guard. Drives :func:`~ecso_core.flow.ecso_flow` for sync, async, stream and batch.
+
+All modes share one lock-step scheduler (:meth:`ECSO._lockstep`): it advances many flows together,
+so each round's calls reach the backend as one batched call per (backend, call kind). A single
+request is a batch of one. The guard is itself a :class:`~ecso_core.backends.base.VisionChatBackend`,
+so servers, adapters and other guards can wrap it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict
+
+from .backends.base import BackendBase, BackendCapabilities, VisionChatBackend, check_capabilities
+from .config import ECSOConfig
+from .errors import BackendError, ECSOError
+from .flow import ModelCall, Outcome, ecso_flow
+from .images import prepare_request
+from .result import ECSOResult, StepName
+from .types import ChatReply, ChatRequest, ImagePart, Message, TextPart
+
+__all__ = ["ECSO", "ECSOStreamEvent", "StepEvent", "StreamEnd", "TextDelta", "chunk_text"]
+
+Results = list[Union[ECSOResult, BaseException]]
+
+
+class StepEvent(BaseModel):
+    """Progress: the guard is about to run ``step``."""
+
+    model_config = ConfigDict(frozen=True)
+    type: Literal["step"] = "step"
+    step: StepName
+
+
+class TextDelta(BaseModel):
+    """A chunk of the final answer (emitted only after the verdict)."""
+
+    model_config = ConfigDict(frozen=True)
+    type: Literal["delta"] = "delta"
+    text: str
+
+
+class StreamEnd(BaseModel):
+    """The last event of a stream, carrying the whole result."""
+
+    model_config = ConfigDict(frozen=True)
+    type: Literal["end"] = "end"
+    result: ECSOResult
+
+
+ECSOStreamEvent = Union[StepEvent, TextDelta, StreamEnd]
+
+_CHUNK = re.compile(r"\s+|\S+\s*")
+
+
+def chunk_text(text: str) -> list[str]:
+    """Split ``text`` into word-sized chunks whose concatenation is ``text``."""
+    return _CHUNK.findall(text)
+
+
+class ECSO(BackendBase):
+    """Eyes Closed, Safety On: a training-free guard around a vision-language chat backend.
+
+    Args:
+        backend: the model to guard.
+        config: behaviour (prompts, thresholds, fail mode, limits); defaults to the paper's.
+        judge: optional separate backend for the self-check; default: ``backend`` itself.
+
+    """
+
+    def __init__(
+        self,
+        backend: VisionChatBackend,
+        config: ECSOConfig | None = None,
+        judge: VisionChatBackend | None = None,
+    ) -> None:
+        self.backend = backend
+        self.judge = judge or backend
+        self.config = config or ECSOConfig()
+        self.name = f"ecso({backend.name})"
+        limits = [self.config.image_limits.max_images, backend.capabilities.max_images]
+        self.capabilities = BackendCapabilities(
+            max_images=min(x for x in limits if x is not None),
+            tools=backend.capabilities.tools,
+            streaming=True,
+        )
+
+    # ---- public API -------------------------------------------------------------------------
+
+    def run(self, request: ChatRequest) -> ECSOResult:
+        """Guard one request."""
+        return _single(self.run_batch([request], return_exceptions=True))
+
+    async def arun(self, request: ChatRequest) -> ECSOResult:
+        """Guard one request without blocking the event loop."""
+        return _single(await self.arun_batch([request], return_exceptions=True))
+
+    def ask(self, query: str, images: Iterable[Any] = ()) -> ECSOResult:
+        """Guard a single user turn: ``images`` (any accepted image source) then ``query``."""
+        return self.run(_ask_request(query, images))
+
+    def run_batch(self, requests: Sequence[ChatRequest], *, return_exceptions: bool = False) -> Results:
+        """Guard many requests; each step runs as one batched backend call across the requests.
+
+        Args:
+            requests: the requests, answered in order.
+            return_exceptions: put a failed request's exception in its slot instead of raising
+                the first one (the other requests complete either way).
+
+        """
+        events = self._events(requests)
+        while True:
+            try:
+                next(events)
+            except StopIteration as stop:
+                return _raise_first(stop.value, return_exceptions)
+
+    async def arun_batch(self, requests: Sequence[ChatRequest], *, return_exceptions: bool = False) -> Results:
+        """Async :meth:`run_batch`."""
+        sink: Results = []
+        async for _ in self._aevents(requests, sink):
+            pass
+        return _raise_first(sink, return_exceptions)
+
+    def stream(self, request: ChatRequest) -> Iterator[ECSOStreamEvent]:
+        """Step events while deciding, then chunks of the final answer, then :class:`StreamEnd`."""
+        events = self._events([request])
+        while True:
+            try:
+                yield next(events)
+            except StopIteration as stop:
+                result = _single(stop.value)
+                break
+        yield from _answer_events(result)
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[ECSOStreamEvent]:
+        """Async :meth:`stream`."""
+        sink: Results = []
+        async for event in self._aevents([request], sink):
+            yield event
+        for event in _answer_events(_single(sink)):
+            yield event
+
+    # ---- the guard as a backend -------------------------------------------------------------
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
+        """Guarded replies; ``ChatReply.raw`` holds each :class:`ECSOResult`."""
+        return [_as_reply(r) for r in self.run_batch(requests)]  # type: ignore[arg-type]
+
+    async def agenerate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
+        """Async :meth:`generate`."""
+        return [_as_reply(r) for r in await self.arun_batch(requests)]  # type: ignore[arg-type]
+
+    # ---- scheduling ---------------------------------------------------------------------------
+
+    def _events(self, requests: Sequence[ChatRequest]) -> Generator[StepEvent, None, Results]:
+        lockstep = self._lockstep(requests)
+        try:
+            calls = next(lockstep)
+            while True:
+                yield from _step_events(calls)
+                calls = lockstep.send(self._execute(calls))
+        except StopIteration as stop:
+            return stop.value
+
+    async def _aevents(self, requests: Sequence[ChatRequest], sink: Results) -> AsyncIterator[StepEvent]:
+        lockstep = self._lockstep(requests)
+        try:
+            calls = next(lockstep)
+            while True:
+                for event in _step_events(calls):
+                    yield event
+                calls = lockstep.send(await self._aexecute(calls))
+        except StopIteration as stop:
+            sink.extend(stop.value)
+
+    def _lockstep(self, requests: Sequence[ChatRequest]) -> Generator[list[ModelCall], list[Outcome], Results]:
+        """Advance one flow per request in rounds; yield each round's calls, all flows together."""
+        results: Results = [None] * len(requests)  # type: ignore[list-item]
+        flows = {}
+        pending: dict[int, list[ModelCall]] = {}
+        for index, request in enumerate(requests):
+            try:
+                flow = ecso_flow(self._prepare(request), self.config, can_score=self.judge.capabilities.score_yes_no)
+                pending[index] = next(flow)
+                flows[index] = flow
+            except StopIteration as stop:  # pragma: no cover - every flow makes a call
+                results[index] = stop.value
+            except Exception as exc:
+                results[index] = exc
+        while pending:
+            order = [(index, call) for index, calls in pending.items() for call in calls]
+            outcomes = yield [call for _, call in order]
+            per_flow: dict[int, list[Outcome]] = {}
+            for (index, _), outcome in zip(order, outcomes, strict=True):
+                per_flow.setdefault(index, []).append(outcome)
+            pending = {}
+            for index, flow_outcomes in per_flow.items():
+                try:
+                    pending[index] = flows[index].send(flow_outcomes)
+                except StopIteration as stop:
+                    results[index] = stop.value
+                except Exception as exc:
+                    results[index] = exc
+        return results
+
+    def _prepare(self, request: ChatRequest) -> ChatRequest:
+        """Validate up front: capabilities, then images (loaded, normalised, within limits)."""
+        check_capabilities(self.backend.capabilities, request, self.backend.name)
+        check_capabilities(self.judge.capabilities, request.model_copy(update={"tools": ()}), self.judge.name)
+        return prepare_request(request, self.config.image_limits, self.config.allow_image_urls)
+
+    def _execute(self, calls: list[ModelCall]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(calls)
+        for backend, score, indices in self._groups(calls):
+            batch = [calls[i].request for i in indices]
+            start = time.perf_counter()
+            try:
+                values: list[Any] = backend.score_yes_no(batch) if score else backend.generate(batch)
+                error = None
+            except Exception as exc:
+                values, error = [], _as_backend_error(exc, backend)
+            _fill(outcomes, indices, values, error, time.perf_counter() - start)
+        return outcomes  # type: ignore[return-value]
+
+    async def _aexecute(self, calls: list[ModelCall]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(calls)
+        for backend, score, indices in self._groups(calls):
+            batch = [calls[i].request for i in indices]
+            start = time.perf_counter()
+            try:
+                values: list[Any] = await (backend.ascore_yes_no(batch) if score else backend.agenerate(batch))
+                error = None
+            except Exception as exc:
+                values, error = [], _as_backend_error(exc, backend)
+            _fill(outcomes, indices, values, error, time.perf_counter() - start)
+        return outcomes  # type: ignore[return-value]
+
+    def _groups(self, calls: list[ModelCall]) -> list[tuple[VisionChatBackend, bool, list[int]]]:
+        """Indices of ``calls`` per (target, scored?): each group becomes one batched call."""
+        keyed: dict[tuple[str, bool], list[int]] = {}
+        for index, call in enumerate(calls):
+            keyed.setdefault((call.target, call.score), []).append(index)
+        return [
+            (self.judge if target == "judge" else self.backend, score, indices)
+            for (target, score), indices in keyed.items()
+        ]
+
+
+def _fill(
+    outcomes: list[Outcome | None], indices: list[int], values: list[Any], error: BaseException | None, latency: float
+) -> None:
+    if error is None and len(values) != len(indices):
+        error = BackendError(f"the backend returned {len(values)} replies for {len(indices)} requests")
+    for position, index in enumerate(indices):
+        if error is not None:
+            outcomes[index] = Outcome(error=error, latency_s=latency)
+        else:
+            outcomes[index] = Outcome(value=values[position], latency_s=latency)
+
+
+def _as_backend_error(exc: Exception, backend: VisionChatBackend) -> ECSOError:
+    if isinstance(exc, ECSOError):
+        return exc
+    error = BackendError(f"{backend.name} failed: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def _step_events(calls: list[ModelCall]) -> Iterator[StepEvent]:
+    for step in dict.fromkeys(call.step for call in calls):
+        yield StepEvent(step=step)
+
+
+def _answer_events(result: ECSOResult) -> Iterator[ECSOStreamEvent]:
+    for chunk in chunk_text(result.answer):
+        yield TextDelta(text=chunk)
+    yield StreamEnd(result=result)
+
+
+def _single(results: Results) -> ECSOResult:
+    (result,) = results
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _raise_first(results: Results, return_exceptions: bool) -> Results:
+    if not return_exceptions:
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+    return results
+
+
+def _as_reply(result: ECSOResult) -> ChatReply:
+    return ChatReply(
+        text=result.answer,
+        tool_calls=result.tool_calls,
+        usage=result.usage,
+        finish_reason=result.finish_reason,
+        raw=result,
+    )
+
+
+def _ask_request(query: str, images: Iterable[Any]) -> ChatRequest:
+    parts = [ImagePart(image=image) for image in images]
+    return ChatRequest(messages=(Message(role="user", content=(*parts, TextPart(text=query))),))

@@ -1,0 +1,114 @@
+"""Prompt templates, kept as versioned data, and the neutralisation of untrusted captions.
+
+Every prompt ECSO sends comes from a :class:`PromptSet`. ``"ecso-paper"`` holds the exact strings of
+the official ECSO code and is the default; :class:`~ecso_core.config.ECSOConfig` can select another
+set or override single templates.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import ConfigError
+
+__all__ = ["PROMPT_SETS", "PromptSet", "get_prompt_set", "sanitize_caption"]
+
+
+class PromptSet(BaseModel):
+    """The templates of one prompt set. Placeholders use ``str.format`` names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    """Identifier, recorded in every result."""
+    check: str
+    """Harm-aware self-check; placeholders ``{query}`` and ``{response}``."""
+    caption: str
+    """Query-aware image-to-text; placeholder ``{query}``."""
+    eyes_closed: str
+    """Text-only answer from the hints; placeholders ``{caption}`` and ``{query}``."""
+    harmless: str
+    """Re-answer of a text-only request judged unsafe (``check_text_only``); placeholder ``{query}``."""
+    image_in_history: str
+    """Replaces an image of an earlier turn in the eyes-closed conversation; ``{n}``, ``{caption}``."""
+    numbered_caption: str
+    """One caption among several in the hints; placeholders ``{n}`` and ``{caption}``."""
+
+    def render(self, template: str, **values: str) -> str:
+        """Fill ``template`` (one of this set's field names) with ``values``."""
+        return str(getattr(self, template)).format(**values)
+
+
+PROMPT_SETS: dict[str, PromptSet] = {
+    "ecso-paper": PromptSet(
+        name="ecso-paper",
+        # The three strings below are verbatim from the official ECSO code (gyhdog99/ECSO).
+        check=(
+            "QUERY:\n{query}\n\nRESPONSE:\n{response}\n\n"
+            "Is the RESPONSE harmful, unsafe and unethical? Answer yes or no:"
+        ),
+        caption="REQUEST:\n{query}.\n\nBased on the REQUEST, describe the image.",
+        eyes_closed=(
+            "You are given some hints regarding a question on an image.\n\n"
+            'Hints: "Answer: {caption}"\n\n'
+            "Based on the hints, answer the following question in a HARMLESS and ETHICAL way.\n\n"
+            "{query}"
+        ),
+        # Ours, for cases the paper does not cover (text-only checks, multi-turn, several images).
+        harmless="Answer the following question in a HARMLESS and ETHICAL way.\n\n{query}",
+        image_in_history="[Image {n}: {caption}]",
+        numbered_caption="Image {n}: {caption}",
+    ),
+}
+
+
+def get_prompt_set(name: str, overrides: dict[str, str] | None = None) -> PromptSet:
+    """Return the prompt set ``name`` with single templates replaced by ``overrides``.
+
+    Raises:
+        ConfigError: unknown set name or unknown template name in ``overrides``.
+
+    """
+    try:
+        base = PROMPT_SETS[name]
+    except KeyError:
+        known = ", ".join(sorted(PROMPT_SETS))
+        raise ConfigError(f"unknown prompt set {name!r}; known sets: {known}") from None
+    if not overrides:
+        return base
+    unknown = set(overrides) - (set(PromptSet.model_fields) - {"name"})
+    if unknown:
+        raise ConfigError(f"unknown prompt template(s) {sorted(unknown)} in prompt overrides")
+    return base.model_copy(update=overrides)
+
+
+# Chat-template control sequences of the common VLM families: special tokens written as tags
+# (<image>, <|im_start|>, <start_of_turn>, </s>), Llama/Mistral [INST] markers, and role headers.
+_TAG = re.compile(r"<\|?/?[A-Za-z_][A-Za-z0-9_.:\-]*\|?>")
+_INST = re.compile(r"\[/?(?:INST|SYS)\]|<<\/?SYS>>", re.IGNORECASE)
+_ROLE_HEADER = re.compile(r"\b(user|assistant|system|human|model|gpt)\s*:", re.IGNORECASE)
+_QUOTES = str.maketrans({'"': "'", "\u201c": "'", "\u201d": "'", "\u201e": "'", "\uff02": "'"})
+
+
+def sanitize_caption(caption: str, max_chars: int) -> str:
+    """Neutralise an untrusted caption before it goes into the hints prompt.
+
+    The image, and so the caption, is attacker-controlled. The caption must not be able to close
+    the ``Hints: "..."`` quote, inject chat-template control tokens, or fake a conversation turn:
+    double quotes become single quotes, tag-like control tokens and ``[INST]`` markers are removed,
+    ``ROLE:`` headers lose their colon, and the text is cut to ``max_chars``.
+    """
+    text = caption.translate(_QUOTES)
+    # Repeat until stable: removing one tag must not assemble another ("<<image>image>").
+    previous = None
+    while previous != text:
+        previous = text
+        text = _TAG.sub("", text)
+        text = _INST.sub("", text)
+    text = _ROLE_HEADER.sub(lambda m: m.group(1), text)
+    text = text.strip()
+    if len(text) > max_chars:
+        text = text[:max_chars].rstrip() + " ..."
+    return text

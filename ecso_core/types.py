@@ -1,0 +1,213 @@
+"""Core types: messages, requests and replies exchanged with every backend.
+
+All models are frozen pydantic models. Message parts carry a ``kind`` discriminator so that a list of
+parts validates from plain dicts (``{"kind": "text", "text": "hi"}``) as well as from objects.
+Vendor extras ride in :attr:`ChatReply.raw`, never in new fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+
+__all__ = [
+    "ChatReply",
+    "ChatRequest",
+    "GenerationParams",
+    "ImagePart",
+    "Message",
+    "Part",
+    "Role",
+    "TextPart",
+    "TokenUsage",
+    "ToolCall",
+    "YesNoScore",
+]
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TextPart(_Frozen):
+    """A run of text inside a message."""
+
+    kind: Literal["text"] = "text"
+    text: str
+    """The text itself."""
+
+
+class ImagePart(_Frozen):
+    """An image inside a message.
+
+    ``image`` may be a ``PIL.Image.Image``, raw ``bytes``, a file path (``str`` or ``Path``), a base64
+    string, a ``data:`` URL, or an ``http(s)`` URL (refused unless the config allows URLs). Nothing is
+    read when the part is built: :func:`ecso_core.images.prepare_image_part` loads and validates it
+    within limits and returns a part whose ``image`` is a normalised RGB PIL image with a ``digest``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    kind: Literal["image"] = "image"
+    image: Any
+    """The image source (see the class docstring)."""
+    digest: str | None = None
+    """SHA-256 of the decoded pixels, set once the image is prepared; identifies distinct images."""
+
+    @field_serializer("image", when_used="json")
+    def _describe_image(self, image: Any) -> str:
+        # Traces and --json output describe images; they never embed pixels.
+        return describe_image_source(image)
+
+
+def describe_image_source(image: Any) -> str:
+    """Return a short, printable description of an image source (for traces and logs)."""
+    if isinstance(image, Path):
+        return f"path:{image}"
+    if isinstance(image, str):
+        if image.startswith("data:"):
+            return f"data-url:{len(image)} chars"
+        if image.startswith(("http://", "https://")):
+            return f"url:{image}"
+        return f"str:{image[:80]}" if len(image) <= 256 else f"base64:{len(image)} chars"
+    if isinstance(image, (bytes, bytearray)):
+        return f"bytes:{len(image)} sha256:{hashlib.sha256(image).hexdigest()[:16]}"
+    size = getattr(image, "size", None)
+    mode = getattr(image, "mode", None)
+    if size is not None:
+        return f"pil:{mode} {size[0]}x{size[1]}"
+    return f"{type(image).__name__}"
+
+
+Part = Annotated[Union[TextPart, ImagePart], Field(discriminator="kind")]
+
+
+class ToolCall(_Frozen):
+    """A function call requested by the model."""
+
+    id: str
+    """Identifier that the matching tool message refers to."""
+    name: str
+    """Name of the tool to call."""
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    """Parsed JSON arguments."""
+
+
+class Message(_Frozen):
+    """One chat turn. ``content`` accepts a plain string as shorthand for one text part."""
+
+    role: Role
+    content: tuple[Part, ...] = ()
+    """Ordered parts; images and text may interleave."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """Tool calls made by an assistant turn."""
+    tool_call_id: str | None = None
+    """For ``role="tool"``: the call this message answers."""
+    name: str | None = None
+    """Optional name of the author (or of the tool, for tool messages)."""
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _string_content(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return (TextPart(text=value),)
+        return value
+
+    @property
+    def text(self) -> str:
+        """The message's text parts joined by newlines."""
+        return "\n".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        """The message's image parts, in order."""
+        return tuple(p for p in self.content if isinstance(p, ImagePart))
+
+
+class GenerationParams(_Frozen):
+    """Decoding parameters. The default is greedy decoding, as in the paper."""
+
+    max_new_tokens: int = Field(default=1024, ge=1)
+    """Upper bound on generated tokens."""
+    temperature: float = Field(default=0.0, ge=0.0)
+    """0 means greedy decoding."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass (only with temperature > 0)."""
+    stop: tuple[str, ...] = ()
+    """Strings that end generation; they are not included in the output."""
+    seed: int | None = None
+    """Sampling seed, where the backend supports one."""
+
+
+class ChatRequest(_Frozen):
+    """A chat-completion request: a conversation plus decoding parameters and optional tools."""
+
+    messages: tuple[Message, ...]
+    params: GenerationParams = GenerationParams()
+    tools: tuple[dict[str, Any], ...] = ()
+    """Tool definitions in OpenAI function format (``{"type": "function", "function": {...}}``)."""
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ChatRequest:
+        if not self.messages:
+            raise ValueError("a ChatRequest needs at least one message")
+        return self
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        """Every image part of the conversation, in order."""
+        return tuple(img for m in self.messages for img in m.images)
+
+
+class TokenUsage(_Frozen):
+    """Token counts of one model call (or a sum of calls)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+        )
+
+
+class ChatReply(_Frozen):
+    """A backend's answer to one :class:`ChatRequest`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    usage: TokenUsage = TokenUsage()
+    finish_reason: str | None = None
+    """``"stop"``, ``"length"``, ``"tool_calls"`` or backend specific."""
+    raw: Any = Field(default=None, exclude=True)
+    """Vendor-specific extras (the raw HTTP body, an ``ECSOResult`` for a guard, ...)."""
+
+    def as_check_text(self) -> str:
+        """The text the harm check judges: the answer text, plus any tool calls serialised as JSON."""
+        if not self.tool_calls:
+            return self.text
+        calls = [{"name": c.name, "arguments": c.arguments} for c in self.tool_calls]
+        serialised = "Tool calls: " + json.dumps(calls, ensure_ascii=False, sort_keys=True)
+        return f"{self.text}\n{serialised}" if self.text else serialised
+
+
+class YesNoScore(_Frozen):
+    """Probabilities of a "yes" and a "no" first answer token (each summed over spelling variants)."""
+
+    p_yes: float = Field(ge=0.0, le=1.0)
+    p_no: float = Field(ge=0.0, le=1.0)
+    usage: TokenUsage = TokenUsage()
