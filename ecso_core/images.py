@@ -206,10 +206,12 @@ def _decode(data: bytes, limits: ImageLimits) -> Image.Image:
     head = data[:256].lstrip().lower()
     if head.startswith((b"<?xml", b"<svg", b"<!doctype svg")) or b"<svg" in head:
         raise ImageError("SVG images are not supported; send a raster image (PNG, JPEG, ...)")
+    Image.init()  # registers every plugin, so that `formats` below can name them (MPO, WEBP, ...)
+    formats = [f for f in ALLOWED_FORMATS if f in Image.OPEN]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            image = Image.open(io.BytesIO(data), formats=formats)
     except UnidentifiedImageError as exc:
         raise ImageError(
             "unsupported or unrecognised image format (accepted: " + ", ".join(ALLOWED_FORMATS) + ")"

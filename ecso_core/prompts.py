@@ -89,6 +89,8 @@ def get_prompt_set(name: str, overrides: dict[str, str] | None = None) -> Prompt
 _TAG = re.compile(r"<\|?/?[A-Za-z_][A-Za-z0-9_.:\-]*\|?>")
 _INST = re.compile(r"\[/?(?:INST|SYS)\]|<<\/?SYS>>", re.IGNORECASE)
 _ROLE_HEADER = re.compile(r"\b(user|assistant|system|human|model|gpt)\s*:", re.IGNORECASE)
+_SPACES = re.compile(r"[ \t]{2,}")
+_SPACED_NEWLINE = re.compile(r"[ \t]*\n[ \t]*")
 _QUOTES = str.maketrans({'"': "'", "\u201c": "'", "\u201d": "'", "\u201e": "'", "\uff02": "'"})
 
 
@@ -101,12 +103,11 @@ def sanitize_caption(caption: str, max_chars: int) -> str:
     ``ROLE:`` headers lose their colon, and the text is cut to ``max_chars``.
     """
     text = caption.translate(_QUOTES)
-    # Repeat until stable: removing one tag must not assemble another ("<<image>image>").
-    previous = None
-    while previous != text:
-        previous = text
-        text = _TAG.sub("", text)
-        text = _INST.sub("", text)
+    # Control tokens become a space, so neighbours cannot join into a new token ("<<image>image>").
+    text = _INST.sub(" ", text)
+    text = _TAG.sub(" ", text)
+    text = _SPACES.sub(" ", text)
+    text = _SPACED_NEWLINE.sub("\n", text)
     text = _ROLE_HEADER.sub(lambda m: m.group(1), text)
     text = text.strip()
     if len(text) > max_chars:

@@ -1,0 +1,59 @@
+"""Shared fixtures: the network is off, images are made here, tiny models build once per session."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only(self: socket.socket, address: object) -> None:
+    host = address[0] if isinstance(address, tuple) else address
+    if (
+        isinstance(host, str)
+        and (host.startswith("127.") or host in ("::1", "localhost"))
+        or self.family == socket.AF_UNIX
+    ):
+        return _real_connect(self, address)
+    raise OSError(f"network access is disabled in tests (tried {address!r})")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_network() -> Iterator[None]:
+    """Tests never reach the internet: only loopback connections are allowed."""
+    socket.socket.connect = _loopback_only  # type: ignore[method-assign]
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield
+    socket.socket.connect = _real_connect  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """tiny-random models are built into a per-session cache unless ECSO_CACHE is set."""
+    os.environ.setdefault("ECSO_CACHE", str(tmp_path_factory.mktemp("ecso-cache")))
+
+
+def png_bytes(color: str = "red", size: tuple[int, int] = (32, 24), mode: str = "RGB") -> bytes:
+    """A small PNG, encoded."""
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def red_png() -> bytes:
+    return png_bytes("red")
+
+
+@pytest.fixture
+def image_file(tmp_path: Path) -> Path:
+    path = tmp_path / "picture.png"
+    path.write_bytes(png_bytes("blue", (40, 30)))
+    return path

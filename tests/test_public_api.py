@@ -1,0 +1,103 @@
+"""The public surface is pinned, and importing ecso_core stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import ecso_core
+
+SPEC_NAMES = {
+    "ECSO",
+    "ECSOConfig",
+    "ECSOResult",
+    "Message",
+    "TextPart",
+    "ImagePart",
+    "ChatRequest",
+    "ChatReply",
+    "GenerationParams",
+    "VisionChatBackend",
+    "load_backend",
+    "TransformersBackend",
+    "ScriptedBackend",
+    "ECSOError",
+    "ImageError",
+    "BackendError",
+}
+
+
+def test_spec_names_are_exported() -> None:
+    assert SPEC_NAMES <= set(ecso_core.__all__)
+    for name in ecso_core.__all__:
+        assert getattr(ecso_core, name) is not None
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(ecso_core.__all__) == sorted(
+        [
+            "ECSO",
+            "PROMPT_SETS",
+            "BackendBase",
+            "BackendCapabilities",
+            "BackendError",
+            "BackendTimeoutError",
+            "BackendUnavailableError",
+            "CapabilityError",
+            "ChatReply",
+            "ChatRequest",
+            "CheckFailedError",
+            "ConfigError",
+            "ECSOConfig",
+            "ECSOError",
+            "ECSOResult",
+            "ECSOStreamEvent",
+            "FailMode",
+            "GenerationParams",
+            "ImageError",
+            "ImageLimits",
+            "ImagePart",
+            "InputError",
+            "Message",
+            "MessageError",
+            "MissingDependencyError",
+            "PromptSet",
+            "ScriptedBackend",
+            "StepEvent",
+            "StepTrace",
+            "StreamEnd",
+            "TextDelta",
+            "TextPart",
+            "TokenUsage",
+            "ToolCall",
+            "TransformersBackend",
+            "Verdict",
+            "VisionChatBackend",
+            "YesNoScore",
+            "__version__",
+            "load_backend",
+        ]
+    )
+
+
+def test_errors_form_one_tree() -> None:
+    for name in ecso_core.__all__:
+        obj = getattr(ecso_core, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, ecso_core.ECSOError), name
+    assert issubclass(ecso_core.ImageError, ValueError)
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, ecso_core; "
+        "heavy = [m for m in ('torch', 'transformers', 'fastapi', 'uvicorn', 'langchain_core', 'llama_index') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_scripted_backend_satisfies_the_protocol() -> None:
+    assert isinstance(ecso_core.ScriptedBackend([]), ecso_core.VisionChatBackend)
+    assert isinstance(ecso_core.ECSO(ecso_core.ScriptedBackend([])), ecso_core.VisionChatBackend)

@@ -1,0 +1,56 @@
+"""Verdict parsing: leading word for text, P(yes) vs P(no) for scores."""
+
+from __future__ import annotations
+
+import pytest
+
+from ecso_core import YesNoScore
+from ecso_core.verdict import parse_verdict_text, verdict_from_score, verdict_from_text
+
+
+@pytest.mark.parametrize(
+    ("reply", "unsafe"),
+    [
+        ("Yes", True),
+        ("yes.", True),
+        ("YES, it is harmful", True),
+        ("  **Yes**", True),
+        ('"yes"', True),
+        ("No", False),
+        ("no, it is safe", False),
+        ("NO.", False),
+        ("(no)", False),
+        ("I cannot tell", None),
+        ("", None),
+        ("Yesterday it rained", None),
+        ("Nope", None),
+        ("Not harmful", None),
+        ("The answer is yes", None),
+    ],
+)
+def test_leading_word_table(reply: str, unsafe: bool | None) -> None:
+    assert parse_verdict_text(reply) is unsafe
+    verdict = verdict_from_text(reply)
+    assert verdict.unsafe is unsafe and verdict.raw == reply and verdict.method == "text"
+    assert (verdict.error is None) == (unsafe is not None)
+
+
+@pytest.mark.parametrize(
+    ("p_yes", "p_no", "threshold", "unsafe", "normalised"),
+    [
+        (0.6, 0.2, 0.5, True, 0.75),
+        (0.2, 0.6, 0.5, False, 0.25),
+        (0.3, 0.3, 0.5, True, 0.5),
+        (0.2, 0.6, 0.2, True, 0.25),
+        (0.001, 0.002, 0.5, False, 1 / 3),
+    ],
+)
+def test_probability_verdicts(p_yes: float, p_no: float, threshold: float, unsafe: bool, normalised: float) -> None:
+    verdict = verdict_from_score(YesNoScore(p_yes=p_yes, p_no=p_no), threshold)
+    assert verdict.unsafe is unsafe and verdict.method == "probability"
+    assert verdict.p_yes == pytest.approx(normalised)
+
+
+def test_zero_mass_is_no_verdict() -> None:
+    verdict = verdict_from_score(YesNoScore(p_yes=0.0, p_no=0.0), 0.5)
+    assert verdict.unsafe is None and verdict.method == "failed"
