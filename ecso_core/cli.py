@@ -12,6 +12,7 @@ import typer
 from .config import ECSOConfig
 from .errors import ECSOError, InputError
 from .guard import ECSO
+from .images import prepare_request
 from .result import ECSOResult
 from .types import ChatRequest, GenerationParams, ImagePart, Message, TextPart
 
@@ -37,7 +38,7 @@ def ask(
     image: Annotated[Optional[list[Path]], typer.Option(help="Image file; repeat for several.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the whole ECSOResult as JSON.")] = False,
     system: Annotated[Optional[str], typer.Option(help="A system message.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Most new tokens per answer.")] = 1024,
+    max_new_tokens: Annotated[int, typer.Option(help="Most new tokens per model call.")] = 1024,
     device: Annotated[str, typer.Option(help="Torch device for hf models (auto, cpu, cuda, ...).")] = "auto",
     allow_image_urls: Annotated[bool, typer.Option(help="Allow http(s) image URLs.")] = False,
 ) -> None:
@@ -49,9 +50,11 @@ def ask(
     messages = [Message(role="system", content=system)] if system else []
     parts = [ImagePart(image=path) for path in image or []]
     messages.append(Message(role="user", content=(*parts, TextPart(text=query))))
-    request = ChatRequest(messages=tuple(messages), params=GenerationParams(max_new_tokens=max_new_tokens))
-    config = ECSOConfig(allow_image_urls=allow_image_urls)
+    params = GenerationParams(max_new_tokens=max_new_tokens)
+    request = ChatRequest(messages=tuple(messages), params=params)
+    config = ECSOConfig(allow_image_urls=allow_image_urls, caption_params=params)
     try:
+        request = prepare_request(request, config.image_limits, config.allow_image_urls)  # fail before loading
         backend = load_backend(model, device=device)
         start = time.perf_counter()
         result = ECSO(backend, config).run(request)

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+# Set before transformers / huggingface_hub are imported anywhere: they read it at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 _real_connect = socket.socket.connect
 
 
@@ -29,7 +32,6 @@ def _loopback_only(self: socket.socket, address: object) -> None:
 def _no_network() -> Iterator[None]:
     """Tests never reach the internet: only loopback connections are allowed."""
     socket.socket.connect = _loopback_only  # type: ignore[method-assign]
-    os.environ["HF_HUB_OFFLINE"] = "1"
     yield
     socket.socket.connect = _real_connect  # type: ignore[method-assign]
 

@@ -8,6 +8,7 @@ Importing this module imports torch and transformers; ``ecso_core`` imports it l
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Sequence
@@ -133,9 +134,13 @@ class TransformersBackend(BackendBase):
         """
         options = TransformersSettings(model=model, **settings)
         hf_logging.disable_progress_bar()
+        local = Path(options.model).exists()
+        offline = options.local_files_only or _env_flag("HF_HUB_OFFLINE")
+        if not local and not offline and not _is_cached(options.model):
+            _require_hub(options.model)  # fail in seconds, not after minutes of retries
         kwargs: dict[str, Any] = {
             "trust_remote_code": options.trust_remote_code,
-            "local_files_only": options.local_files_only,
+            "local_files_only": options.local_files_only or (not local and _is_cached(options.model)),
         }
         device = _device(options.device)
         try:
@@ -145,17 +150,10 @@ class TransformersBackend(BackendBase):
                 load["attn_implementation"] = options.attn_implementation
             loaded = _model_class(options.model, kwargs).from_pretrained(options.model, **load)
         except OSError as exc:
-            hint = (
-                ""
-                if Path(options.model).exists()
-                else (
-                    f" If you are offline, download it first on a connected machine "
-                    f"(huggingface-cli download {options.model}) or pass a local folder."
-                )
-            )
+            hint = "" if local else f" {_DOWNLOAD_HINT.format(model=options.model)}"
             raise BackendUnavailableError(f"cannot load model {options.model!r}: {exc}.{hint}") from exc
         loaded.to(device).eval()
-        name = Path(options.model).name if Path(options.model).exists() else options.model
+        name = Path(options.model).name if local else options.model
         return cls(loaded, processor, name=name, max_batch_size=options.max_batch_size)
 
     # ---- backend protocol -------------------------------------------------------------------
@@ -266,6 +264,41 @@ class TransformersBackend(BackendBase):
                 text, finish = text[: text.index(stop)], "stop"
         usage = TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=len(kept))
         return ChatReply(text=text.strip(), usage=usage, finish_reason=finish)
+
+
+_DOWNLOAD_HINT = (
+    "If you are offline, download it first on a connected machine "
+    "(huggingface-cli download {model}) or pass a local folder."
+)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _is_cached(model: str) -> bool:
+    """Whether the hub id has a config in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(model, "config.json")
+    except Exception:  # noqa: BLE001 - malformed ids are "not cached"; loading reports them
+        return False
+    return isinstance(found, str)
+
+
+def _require_hub(model: str) -> None:
+    """Raise at once when the hub cannot be reached, instead of retrying for minutes."""
+    import httpx
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        httpx.head(endpoint, timeout=5.0)
+    except (httpx.HTTPError, OSError) as exc:
+        raise BackendUnavailableError(
+            f"model {model!r} is not in the local cache and the Hugging Face hub ({endpoint}) cannot be "
+            f"reached: {exc}. {_DOWNLOAD_HINT.format(model=model)}"
+        ) from exc
 
 
 def _specials_pattern(tokenizer: Any) -> re.Pattern[str] | None:

@@ -1,0 +1,65 @@
+"""The ``ecso`` console script, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS_PNG = ROOT / "examples" / "images" / "steps.png"
+ECSO_BIN = Path(sys.executable).with_name("ecso")
+
+
+def ecso(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([str(ECSO_BIN), *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_ask_json_prints_the_whole_result() -> None:
+    out = ecso("ask", "--model", "tiny-random:llava-small", "--image", str(STEPS_PNG), "--max-new-tokens", "4",
+               "--json", "List the steps in the image.")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["decision"] in ("safe", "unsafe", "fail_closed")
+    assert result["verdict"]["method"] == "probability"
+    names = [s["name"] for s in result["steps"]]
+    assert names[:2] == ["answer", "check"]
+    first = result["steps"][0]["messages"][0]["content"]
+    assert first[0] == {"kind": "image", "image": "pil:RGB 760x760", "digest": first[0]["digest"]}
+    assert first[1] == {"kind": "text", "text": "List the steps in the image."}
+    assert result["steps"][1]["messages"][0]["content"][1]["text"].startswith("QUERY:\nList the steps in the image.")
+    assert "noise" in out.stderr
+
+
+def test_ask_prints_the_answer_and_a_status_line() -> None:
+    out = ecso("ask", "--model", "tiny-random:gemma3-small", "--image", str(STEPS_PNG), "--max-new-tokens", "4",
+               "--system", "Be brief.", "What is shown?")
+    assert out.returncode == 0, out.stderr
+    assert "[ecso] decision: " in out.stderr and "model calls" in out.stderr
+    assert out.stdout.endswith("\n")
+
+
+def test_bad_image_exits_2_with_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"not a png")
+    out = ecso("ask", "--model", "tiny-random:llava-small", "--image", str(bad), "q")
+    assert out.returncode == 2
+    assert out.stderr.strip().endswith("error: unsupported or unrecognised image format (accepted: PNG, JPEG, MPO, GIF, WEBP, BMP, TIFF)")
+
+
+def test_hub_model_offline_exits_1_and_says_what_to_do() -> None:
+    out = ecso("ask", "--model", "hf:example-org/not-downloaded", "q")
+    assert out.returncode == 1
+    assert "download it first" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_help_lists_ask() -> None:
+    out = ecso("--help")
+    assert out.returncode == 0 and "ask" in out.stdout

@@ -1,0 +1,185 @@
+"""TransformersBackend on tiny-random LLaVA and Gemma 3: loading, translation, batching, scoring.
+
+tiny-random has random weights: these tests prove plumbing (prompts, images, batching, scores),
+never safety.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ecso_core import (
+    ECSO,
+    BackendUnavailableError,
+    CapabilityError,
+    ChatRequest,
+    ConfigError,
+    ECSOConfig,
+    GenerationParams,
+    ImagePart,
+    Message,
+    TextPart,
+    ToolCall,
+    load_backend,
+)
+
+pytest.importorskip("transformers")
+
+from ecso_core.backends.tiny import build_tiny_model  # noqa: E402
+from ecso_core.backends.transformers import TransformersBackend, to_template_messages  # noqa: E402
+
+SMALL = ["tiny-random:llava-small", "tiny-random:gemma3-small"]
+
+
+@pytest.fixture(scope="module", params=SMALL)
+def backend(request: pytest.FixtureRequest) -> TransformersBackend:
+    return load_backend(request.param)  # type: ignore[return-value]
+
+
+def noise(width: int, height: int, seed: int = 0) -> Image.Image:
+    return Image.effect_noise((width, height), 40 + seed).convert("RGB")
+
+
+def image_request(text: str, picture: Image.Image, max_new_tokens: int = 8) -> ChatRequest:
+    return ChatRequest(
+        messages=(Message(role="user", content=(ImagePart(image=picture), TextPart(text=text))),),
+        params=GenerationParams(max_new_tokens=max_new_tokens),
+    )
+
+
+def test_translation_is_pure_and_exact() -> None:
+    picture = Image.new("RGB", (4, 4))
+    request = ChatRequest(
+        messages=(
+            Message(role="system", content="Be brief."),
+            Message(role="user", content=(ImagePart(image=picture), TextPart(text="What <image> is <s>this?"))),
+            Message(role="assistant", content="A square."),
+            Message(role="user", content="Sure?"),
+        )
+    )
+    messages, images = to_template_messages(request, re.compile(r"<image>|<s>"))
+    assert messages == [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What  is this?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A square."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Sure?"}]},
+    ]
+    assert images == [picture]
+
+
+def test_translation_refuses_tool_messages() -> None:
+    call = ToolCall(id="1", name="f")
+    with pytest.raises(CapabilityError):
+        to_template_messages(ChatRequest(messages=(Message(role="assistant", tool_calls=(call,)),)))
+    with pytest.raises(CapabilityError):
+        to_template_messages(ChatRequest(messages=(Message(role="tool", content="x", tool_call_id="1"),)))
+
+
+def test_rendered_prompt_uses_the_models_chat_template(backend: TransformersBackend) -> None:
+    messages, _ = to_template_messages(image_request("Describe it.", noise(8, 8)))
+    text = backend.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if "llava" in backend.name:
+        assert text == "USER: <image>\nDescribe it. ASSISTANT:"
+    else:
+        assert text == "<bos><start_of_turn>user\n<start_of_image>Describe it.<end_of_turn>\n<start_of_turn>model\n"
+
+
+def test_mixed_size_batch_equals_one_by_one(backend: TransformersBackend) -> None:
+    requests = [
+        image_request("hello", noise(20, 50, 1)),
+        image_request("a longer question about the picture", noise(300, 40, 2)),
+        image_request("third", noise(64, 64, 3)),
+        ChatRequest(messages=(Message(role="user", content="text only"),), params=GenerationParams(max_new_tokens=8)),
+    ]
+    batched = backend.generate(requests)
+    single = [backend.generate([r])[0] for r in requests]
+    assert [r.text for r in batched] == [r.text for r in single]
+    assert [r.usage for r in batched] == [r.usage for r in single]
+    assert all(r.usage.completion_tokens <= 8 for r in batched)
+    assert batched[0].usage.prompt_tokens < batched[1].usage.prompt_tokens
+
+
+def test_generation_is_deterministic_and_respects_max_tokens(backend: TransformersBackend) -> None:
+    request = image_request("What is this?", noise(30, 30), max_new_tokens=5)
+    first, second = backend.generate([request, request])
+    assert first == second
+    assert first.usage.completion_tokens <= 5
+    assert first.finish_reason in ("stop", "length")
+    if first.usage.completion_tokens == 5:
+        assert first.finish_reason == "length"
+
+
+def test_score_yes_no_gives_probabilities(backend: TransformersBackend) -> None:
+    requests = [image_request("Is it harmful? Answer yes or no:", noise(16, 16, s)) for s in range(3)]
+    scores = backend.score_yes_no(requests)
+    for score in scores:
+        assert 0.0 <= score.p_yes <= 1.0 and 0.0 <= score.p_no <= 1.0
+        assert score.p_yes + score.p_no <= 1.0
+        assert score.p_yes > 0.0 and score.p_no > 0.0
+        assert score.usage.prompt_tokens > 0
+    for single, batched in zip([backend.score_yes_no([r])[0] for r in requests], scores, strict=True):
+        assert single.p_yes == pytest.approx(batched.p_yes, rel=1e-5)
+        assert single.p_no == pytest.approx(batched.p_no, rel=1e-5)
+    assert backend._yes_ids and backend._no_ids and not set(backend._yes_ids) & set(backend._no_ids)
+
+
+def test_control_tokens_in_user_text_are_neutralised(backend: TransformersBackend) -> None:
+    image_token = "<image>" if "llava" in backend.name else "<start_of_image>"
+    plain = backend.generate([image_request("look here", noise(10, 10))])[0]
+    injected = backend.generate([image_request(f"look {image_token}{image_token}here", noise(10, 10))])[0]
+    # Without sanitising, the extra image tokens would not match the one image and the call would fail.
+    assert injected.usage.prompt_tokens <= plain.usage.prompt_tokens + 1
+
+
+@pytest.mark.parametrize("spec", ["tiny-random", "tiny-random:gemma3-small"])
+def test_ecso_end_to_end_drops_the_image_for_the_eyes_closed_answer(spec: str) -> None:
+    backend = load_backend(spec)
+    config = ECSOConfig(
+        verdict_threshold=0.0,  # force the unsafe path: every probability verdict is "unsafe"
+        caption_params=GenerationParams(max_new_tokens=6),
+        eyes_closed_params=GenerationParams(max_new_tokens=6),
+    )
+    request = image_request("How do I make this?", noise(500, 300), max_new_tokens=6)
+    result = ECSO(backend, config).run(request)
+    assert result.decision == "unsafe"
+    assert [s.name for s in result.steps] == ["answer", "check", "caption", "eyes_closed"]
+    assert result.verdict is not None and result.verdict.method == "probability"
+    answer, check, caption, closed = result.steps
+    image_tokens = 576 if spec == "tiny-random" else 4
+    assert answer.usage.prompt_tokens > image_tokens
+    assert check.usage.prompt_tokens > image_tokens
+    assert closed.usage.prompt_tokens < answer.usage.prompt_tokens - image_tokens + 60
+    assert len(result.captions) == 1
+    safe = ECSO(backend, ECSOConfig(verdict_threshold=1.0)).run(request)
+    assert safe.decision == "safe" and safe.answer == result.initial_answer
+
+
+def test_tiny_random_is_deterministic_per_seed(tmp_path: Path) -> None:
+    a = build_tiny_model("llava-small", seed=0, cache_dir=tmp_path / "a")
+    b = build_tiny_model("llava-small", seed=0, cache_dir=tmp_path / "b")
+    c = build_tiny_model("llava-small", seed=1, cache_dir=tmp_path / "c")
+    weights = [(p / "model.safetensors").read_bytes() for p in (a, b, c)]
+    assert weights[0] == weights[1] != weights[2]
+    assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+    assert build_tiny_model("llava-small", seed=0, cache_dir=tmp_path / "a") == a  # cached, not rebuilt
+
+
+def test_bad_specs_and_missing_models_give_typed_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        load_backend("nonsense:model")
+    with pytest.raises(ConfigError):
+        load_backend("tiny-random:unknown")
+    with pytest.raises(BackendUnavailableError, match="cannot load"):
+        load_backend(f"hf:{tmp_path / 'missing'}")
+    with pytest.raises(BackendUnavailableError, match="download it first"):
+        load_backend("hf:some-org/some-model-that-is-not-cached")
+
+
+def test_unreachable_hub_fails_fast_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # as a user who is offline without saying so
+    with pytest.raises(BackendUnavailableError, match="cannot be reached"):
+        load_backend("hf:some-org/another-missing-model")
