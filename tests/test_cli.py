@@ -23,8 +23,17 @@ def ecso(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ask_json_prints_the_whole_result() -> None:
-    out = ecso("ask", "--model", "tiny-random:llava-small", "--image", str(STEPS_PNG), "--max-new-tokens", "4",
-               "--json", "List the steps in the image.")
+    out = ecso(
+        "ask",
+        "--model",
+        "tiny-random:llava-small",
+        "--image",
+        str(STEPS_PNG),
+        "--max-new-tokens",
+        "4",
+        "--json",
+        "List the steps in the image.",
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["decision"] in ("safe", "unsafe", "fail_closed")
@@ -39,8 +48,18 @@ def test_ask_json_prints_the_whole_result() -> None:
 
 
 def test_ask_prints_the_answer_and_a_status_line() -> None:
-    out = ecso("ask", "--model", "tiny-random:gemma3-small", "--image", str(STEPS_PNG), "--max-new-tokens", "4",
-               "--system", "Be brief.", "What is shown?")
+    out = ecso(
+        "ask",
+        "--model",
+        "tiny-random:gemma3-small",
+        "--image",
+        str(STEPS_PNG),
+        "--max-new-tokens",
+        "4",
+        "--system",
+        "Be brief.",
+        "What is shown?",
+    )
     assert out.returncode == 0, out.stderr
     assert "[ecso] decision: " in out.stderr and "model calls" in out.stderr
     assert out.stdout.endswith("\n")
@@ -51,7 +70,9 @@ def test_bad_image_exits_2_with_a_clear_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not a png")
     out = ecso("ask", "--model", "tiny-random:llava-small", "--image", str(bad), "q")
     assert out.returncode == 2
-    assert out.stderr.strip().endswith("error: unsupported or unrecognised image format (accepted: PNG, JPEG, MPO, GIF, WEBP, BMP, TIFF)")
+    assert out.stderr.strip().endswith(
+        "error: unsupported or unrecognised image format (accepted: PNG, JPEG, MPO, GIF, WEBP, BMP, TIFF)"
+    )
 
 
 def test_hub_model_offline_exits_1_and_says_what_to_do() -> None:

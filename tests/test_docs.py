@@ -1,0 +1,30 @@
+"""Every Python example in README.md and docs/ runs; README's commands match CI's."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: p.name)
+def test_python_examples_run(page: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("transformers")
+    monkeypatch.chdir(ROOT)
+    blocks = BLOCK.findall(page.read_text())
+    namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
+    for number, code in enumerate(blocks, start=1):
+        exec(compile(code, f"{page.name}[python block {number}]", "exec"), namespace)  # noqa: S102
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = '. .venv/bin/activate && pip install -e ".[hf,dev]" && python -m pytest -q'
+    assert command in readme
+    assert command in ci.splitlines()
