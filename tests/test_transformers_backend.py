@@ -183,3 +183,47 @@ def test_unreachable_hub_fails_fast_with_a_hint(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # as a user who is offline without saying so
     with pytest.raises(BackendUnavailableError, match="cannot be reached"):
         load_backend("hf:some-org/another-missing-model")
+
+
+def test_model_class_falls_back_to_the_configs_own_class(tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ecso_core.backends.transformers import _model_class
+
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    assert _model_class(str(tmp_path), {"local_files_only": True}) is LlamaForCausalLM
+    llava = build_tiny_model("llava-small")
+    from transformers import AutoModelForImageTextToText
+
+    assert _model_class(str(llava), {"local_files_only": True}) is AutoModelForImageTextToText
+
+
+def test_dtype_and_device_options_are_applied() -> None:
+    import torch
+
+    backend = load_backend("tiny-random:llava-small", dtype="bfloat16", device="cpu")
+    assert backend.model.dtype == torch.bfloat16 and backend.model.device.type == "cpu"
+    reply = backend.generate([image_request("hi", noise(12, 12), max_new_tokens=3)])[0]
+    assert reply.usage.completion_tokens <= 3
+
+
+def test_missing_extra_names_the_pip_install() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+        "from ecso_core import load_backend, MissingDependencyError\n"
+        "try:\n    load_backend('tiny-random')\n"
+        "except MissingDependencyError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'ecso[hf]'" in out.stdout
