@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Union
+from typing import Any, Union
 
 from ..errors import BackendError
 from ..types import ChatReply, ChatRequest, YesNoScore
@@ -52,36 +52,27 @@ class ScriptedBackend(BackendBase):
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
         """Serve the next scripted reply for each request; raise a scripted exception as is."""
-        with self._lock:
-            self.batch_sizes.append(len(requests))
-            items = [self._next(self._replies, request, "reply") for request in requests]
-        replies = []
-        for item in items:
-            if isinstance(item, BaseException):
-                raise item
-            if not isinstance(item, ChatReply):
-                item = ChatReply(text=str(item), finish_reason="stop")
-            replies.append(item)
-        return replies
+        items = self._serve(self._replies, requests, "reply")
+        return [i if isinstance(i, ChatReply) else ChatReply(text=str(i), finish_reason="stop") for i in items]
 
     def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
         """Serve the next scripted score for each request."""
         if self._scores is None:
             return super().score_yes_no(requests)
+        items = self._serve(self._scores, requests, "score")
+        return [i if isinstance(i, YesNoScore) else YesNoScore(p_yes=i[0], p_no=i[1]) for i in items]
+
+    def _serve(self, script: object, requests: Sequence[ChatRequest], what: str) -> list[Any]:
+        # Under the lock, so concurrent callers get replies in a consistent order.
         with self._lock:
             self.batch_sizes.append(len(requests))
-            items = [self._next(self._scores, request, "score") for request in requests]
-        scores = []
+            items = [self._next(script, request, what) for request in requests]
         for item in items:
             if isinstance(item, BaseException):
                 raise item
-            if not isinstance(item, YesNoScore):
-                item = YesNoScore(p_yes=item[0], p_no=item[1])
-            scores.append(item)
-        return scores
+        return items
 
     def _next(self, script: object, request: ChatRequest, what: str) -> object:
-        # Called under the lock, so concurrent callers get replies in a consistent order.
         self.requests.append(request)
         if callable(script):
             return script(request)
