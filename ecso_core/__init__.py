@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .backends import (
     BackendBase,
     BackendCapabilities,
+    OpenAIBackend,
     ScriptedBackend,
     VisionChatBackend,
     load_backend,
@@ -76,6 +77,7 @@ __all__ = [
     "Message",
     "MessageError",
     "MissingDependencyError",
+    "OpenAIBackend",
     "PromptSet",
     "ScriptedBackend",
     "StepEvent",

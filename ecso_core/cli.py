@@ -68,6 +68,45 @@ def ask(
     typer.echo(_status_line(result, time.perf_counter() - start), err=True)
 
 
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option(help="Model spec to guard: tiny-random, hf:<id>, openai:<model>@<url>.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    api_key: Annotated[
+        Optional[str], typer.Option(envvar="ECSO_API_KEY", help="Require this bearer token (env ECSO_API_KEY).")
+    ] = None,
+    judge: Annotated[Optional[str], typer.Option(help="Separate model spec for the self-check.")] = None,
+    no_guard: Annotated[bool, typer.Option("--no-guard", help="Serve the bare model (for A/B measurements).")] = False,
+    max_batch_size: Annotated[int, typer.Option(help="Most concurrent requests answered as one batch.")] = 16,
+    request_timeout: Annotated[float, typer.Option(help="Seconds before a request gets 504.")] = 300.0,
+    allow_image_urls: Annotated[bool, typer.Option(help="Allow http(s) image URLs.")] = False,
+    device: Annotated[str, typer.Option(help="Torch device for hf models (auto, cpu, cuda, ...).")] = "auto",
+) -> None:
+    """Serve an OpenAI-compatible /v1/chat/completions endpoint with ECSO in front of MODEL."""
+    from .backends import load_backend
+
+    try:
+        import uvicorn
+
+        from .server import create_app
+    except ImportError:
+        typer.echo("error: the server needs its extra: pip install 'ecso[server]'", err=True)
+        raise typer.Exit(code=1) from None
+    options = {"device": device} if not model.startswith("openai:") else {}
+    try:
+        backend = load_backend(model, **options)
+        judge_backend = load_backend(judge, **options) if judge else None
+    except ECSOError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    served = backend if no_guard else ECSO(backend, ECSOConfig(allow_image_urls=allow_image_urls), judge=judge_backend)
+    application = create_app(
+        served, model_name=model, api_key=api_key, max_batch_size=max_batch_size, request_timeout_s=request_timeout
+    )
+    uvicorn.run(application, host=host, port=port, timeout_graceful_shutdown=30, log_level="warning")
+
+
 def _status_line(result: ECSOResult, seconds: float) -> str:
     verdict = result.verdict
     detail = ""

@@ -59,7 +59,9 @@ class CapabilityError(ECSOError):
 
 
 class BackendError(ECSOError):
-    """A model call failed."""
+    """A model call failed. ``status_code`` holds the HTTP status when a server answered one."""
+
+    status_code: int | None = None
 
 
 class BackendUnavailableError(BackendError):

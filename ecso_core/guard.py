@@ -149,11 +149,11 @@ class ECSO(BackendBase):
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
         """Guarded replies; ``ChatReply.raw`` holds each :class:`ECSOResult`."""
-        return [_as_reply(r) for r in self.run_batch(requests)]  # type: ignore[arg-type]
+        return [r.to_reply() for r in self.run_batch(requests)]  # type: ignore[union-attr]
 
     async def agenerate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
         """Async :meth:`generate`."""
-        return [_as_reply(r) for r in await self.arun_batch(requests)]  # type: ignore[arg-type]
+        return [r.to_reply() for r in await self.arun_batch(requests)]  # type: ignore[union-attr]
 
     # ---- scheduling ---------------------------------------------------------------------------
 
@@ -295,16 +295,6 @@ def _raise_first(results: Results, return_exceptions: bool) -> Results:
             if isinstance(result, BaseException):
                 raise result
     return results
-
-
-def _as_reply(result: ECSOResult) -> ChatReply:
-    return ChatReply(
-        text=result.answer,
-        tool_calls=result.tool_calls,
-        usage=result.usage,
-        finish_reason=result.finish_reason,
-        raw=result,
-    )
 
 
 def _ask_request(query: str, images: Iterable[Any]) -> ChatRequest:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from .types import Message, TokenUsage, ToolCall
+from .types import ChatReply, Message, TokenUsage, ToolCall
 from .verdict import Verdict
 
 __all__ = ["Decision", "ECSOResult", "StepName", "StepTrace"]
@@ -59,6 +59,12 @@ class ECSOResult(BaseModel):
         for step in self.steps:
             total = total + step.usage
         return total
+
+    def to_reply(self) -> ChatReply:
+        """The result as a backend reply (``raw`` holds this result), so the guard can act as a backend."""
+        return ChatReply(
+            text=self.answer, tool_calls=self.tool_calls, usage=self.usage, finish_reason=self.finish_reason, raw=self
+        )
 
     def summary(self) -> dict[str, Any]:
         """The short form the adapters attach to their outputs (``decision``, answers, captions)."""

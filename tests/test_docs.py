@@ -25,6 +25,6 @@ def test_python_examples_run(page: Path, monkeypatch: pytest.MonkeyPatch, capsys
 def test_ci_runs_exactly_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    command = '. .venv/bin/activate && pip install -e ".[hf,dev]" && python -m pytest -q'
+    command = '. .venv/bin/activate && pip install -e ".[hf,server,dev]" && python -m pytest -q'
     assert command in readme
     assert command in ci.splitlines()

@@ -61,6 +61,7 @@ def test_all_is_pinned() -> None:
             "Message",
             "MessageError",
             "MissingDependencyError",
+            "OpenAIBackend",
             "PromptSet",
             "ScriptedBackend",
             "StepEvent",

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .base import BackendBase, BackendCapabilities, VisionChatBackend, check_capabilities
+from .openai import OpenAIBackend
 from .scripted import ScriptedBackend
 
 if TYPE_CHECKING:
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BackendBase",
     "BackendCapabilities",
+    "OpenAIBackend",
     "ScriptedBackend",
     "TransformersBackend",
     "VisionChatBackend",
@@ -23,7 +25,8 @@ __all__ = [
 
 SPEC_HELP = (
     "model specs: 'tiny-random' (or 'tiny-random:<variant>', variants llava, gemma3, llava-small, "
-    "gemma3-small), 'hf:<hub id or local folder>'"
+    "gemma3-small), 'hf:<hub id or local folder>', 'openai:<model>@<base_url>' (e.g. "
+    "'openai:llava-hf/llava-1.5-7b-hf@http://localhost:8000/v1'; base URL default $OPENAI_BASE_URL or OpenAI)"
 )
 
 
@@ -50,6 +53,13 @@ def load_backend(spec: str | VisionChatBackend, **options: Any) -> VisionChatBac
         backend = TransformersBackend.from_pretrained(str(path), local_files_only=True, **options)
         backend.name = spec
         return backend
+    if scheme == "openai" and rest:
+        from .openai import OpenAIBackend
+
+        model, _, base_url = rest.partition("@")
+        if base_url:
+            options.setdefault("base_url", base_url)
+        return OpenAIBackend(model, **options)
     if scheme == "hf" and rest:
         from .transformers import TransformersBackend
 

@@ -1,0 +1,324 @@
+"""OpenAI-compatible chat-completions backend (OpenAI, vLLM, SGLang, llama.cpp server, Ollama, ...).
+
+Layers: :func:`to_payload` / :func:`from_payload` / :func:`score_from_payload` are pure translators,
+tested for exact equality; :class:`OpenAIBackend` adds pooled httpx clients, bounded concurrency,
+timeouts and retries with backoff on 429 / 5xx / connection errors, and maps failures to typed errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import BackendError, BackendTimeoutError, BackendUnavailableError
+from ..images import image_to_data_url, load_image
+from ..types import ChatReply, ChatRequest, ImagePart, TextPart, TokenUsage, ToolCall, YesNoScore
+from .base import BackendBase, BackendCapabilities, check_capabilities
+
+__all__ = ["OpenAIBackend", "OpenAISettings", "from_payload", "score_from_payload", "to_payload"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+_TOP_LOGPROBS = 20
+
+
+class OpenAISettings(BaseModel):
+    """How to reach an OpenAI-compatible server."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    base_url: str = Field(default_factory=lambda: os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL))
+    api_key: str | None = None
+    """Bearer token; default: ``$OPENAI_API_KEY``. Local servers usually need none."""
+    timeout_s: float = Field(default=120.0, gt=0)
+    """Time limit of one HTTP request."""
+    max_concurrency: int = Field(default=16, ge=1)
+    """Most requests in flight at once from this backend."""
+    max_retries: int = Field(default=3, ge=0)
+    backoff_s: float = Field(default=0.5, ge=0)
+    """First retry delay; doubles each retry (a ``Retry-After`` header wins when present)."""
+    logprobs: Literal["auto", "always", "never"] = "auto"
+    """Read the check from first-token log-probabilities: ``auto`` probes and falls back to text."""
+    max_images: int | None = None
+    """Declared image limit of the served model (None: unknown)."""
+    tools: bool = True
+    """The server accepts tool definitions."""
+
+
+def to_payload(request: ChatRequest, model: str) -> dict[str, Any]:
+    """Translate ``request`` into a chat-completions JSON body (images become ``data:`` URLs)."""
+    body: dict[str, Any] = {"model": model, "messages": [_message(m) for m in request.messages]}
+    params = request.params
+    body["max_tokens"] = params.max_new_tokens
+    body["temperature"] = params.temperature
+    if params.top_p != 1.0:
+        body["top_p"] = params.top_p
+    if params.stop:
+        body["stop"] = list(params.stop)
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if request.tools:
+        body["tools"] = list(request.tools)
+    return body
+
+
+def _message(message: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role}
+    if message.role == "tool":
+        out["tool_call_id"] = message.tool_call_id
+        out["content"] = message.text
+        return out
+    if message.images:
+        out["content"] = [_part(p) for p in message.content]
+    else:
+        out["content"] = message.text
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)},
+            }
+            for call in message.tool_calls
+        ]
+    if message.name:
+        out["name"] = message.name
+    return out
+
+
+def _part(part: Any) -> dict[str, Any]:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    if isinstance(part, ImagePart):
+        image = part.image if hasattr(part.image, "save") else load_image(part.image)
+        return {"type": "image_url", "image_url": {"url": image_to_data_url(image)}}
+    raise BackendError(f"unknown message part {type(part).__name__}")  # pragma: no cover
+
+
+def from_payload(body: dict[str, Any]) -> ChatReply:
+    """Translate a chat-completions response body into a :class:`ChatReply`.
+
+    Raises:
+        BackendError: the body has no choices or a malformed tool call.
+
+    """
+    try:
+        choice = body["choices"][0]
+        message = choice.get("message") or {}
+    except (KeyError, IndexError, TypeError) as exc:
+        raise BackendError(f"malformed chat-completions response: {str(body)[:200]}") from exc
+    calls = []
+    for raw in message.get("tool_calls") or []:
+        function = raw.get("function") or {}
+        try:
+            arguments = json.loads(function.get("arguments") or "{}")
+        except json.JSONDecodeError as exc:
+            raise BackendError(f"tool call with invalid JSON arguments: {function.get('arguments')!r}") from exc
+        calls.append(ToolCall(id=raw.get("id") or "", name=function.get("name") or "", arguments=arguments))
+    usage = body.get("usage") or {}
+    return ChatReply(
+        text=message.get("content") or "",
+        tool_calls=tuple(calls),
+        usage=TokenUsage(
+            prompt_tokens=usage.get("prompt_tokens") or 0, completion_tokens=usage.get("completion_tokens") or 0
+        ),
+        finish_reason=choice.get("finish_reason"),
+        raw=body,
+    )
+
+
+def score_from_payload(body: dict[str, Any]) -> YesNoScore | None:
+    """P(yes) and P(no) from the first token's ``top_logprobs``; None when the server sent none."""
+    try:
+        first = body["choices"][0]["logprobs"]["content"][0]
+        candidates = first.get("top_logprobs") or [first]
+    except (KeyError, IndexError, TypeError):
+        return None
+    p_yes = p_no = 0.0
+    for candidate in candidates:
+        word = str(candidate.get("token", "")).strip().lower()
+        probability = math.exp(float(candidate.get("logprob", -math.inf)))
+        if word == "yes":
+            p_yes += probability
+        elif word == "no":
+            p_no += probability
+    usage = body.get("usage") or {}
+    return YesNoScore(
+        p_yes=min(p_yes, 1.0), p_no=min(p_no, 1.0), usage=TokenUsage(prompt_tokens=usage.get("prompt_tokens") or 0)
+    )
+
+
+class OpenAIBackend(BackendBase):
+    """A model behind an OpenAI-compatible ``/chat/completions`` endpoint.
+
+    Args:
+        model: the served model name.
+        transport: an httpx transport for both clients (tests pass ``httpx.MockTransport``).
+        **settings: see :class:`OpenAISettings`.
+
+    """
+
+    def __init__(self, model: str, *, transport: Any = None, **settings: Any) -> None:
+        self.settings = OpenAISettings(model=model, **settings)
+        self.name = model
+        self._logprobs = self.settings.logprobs != "never"
+        self.capabilities = BackendCapabilities(
+            score_yes_no=self._logprobs, max_images=self.settings.max_images, tools=self.settings.tools
+        )
+        key = self.settings.api_key or os.environ.get("OPENAI_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        limits = httpx.Limits(max_connections=self.settings.max_concurrency)
+        common = {
+            "base_url": self.settings.base_url.rstrip("/"),
+            "headers": headers,
+            "timeout": self.settings.timeout_s,
+        }
+        self._client = httpx.Client(transport=transport, limits=limits, **common)
+        self._async_options = {"transport": transport, "limits": limits, **common}
+        self._pool = ThreadPoolExecutor(max_workers=self.settings.max_concurrency)
+        # Async clients and semaphores bind to an event loop: one of each per loop.
+        self._per_loop: dict[asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, asyncio.Semaphore]] = {}
+        self._lock = threading.Lock()
+
+    # ---- protocol ---------------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
+        """Answer each request; up to ``max_concurrency`` HTTP calls run at once."""
+        bodies = [self._body(r) for r in requests]
+        return [from_payload(b) for b in self._pool.map(self._post, bodies)]
+
+    async def agenerate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
+        """Answer each request concurrently on the event loop."""
+        bodies = [self._body(r) for r in requests]
+        return [from_payload(b) for b in await asyncio.gather(*(self._apost(b) for b in bodies))]
+
+    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
+        """First-token yes/no probabilities from ``logprobs`` (see :meth:`_score`)."""
+        bodies = [self._score_body(r) for r in requests]
+        return [self._score(b) for b in self._pool.map(self._post, bodies)]
+
+    async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
+        """Async :meth:`score_yes_no`."""
+        bodies = [self._score_body(r) for r in requests]
+        return [self._score(b) for b in await asyncio.gather(*(self._apost(b) for b in bodies))]
+
+    def close(self) -> None:
+        """Close the HTTP clients and the worker pool."""
+        self._client.close()
+        self._pool.shutdown(wait=False)
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        check_capabilities(self.capabilities.model_copy(update={"score_yes_no": False}), request, self.name)
+        return to_payload(request, self.settings.model)
+
+    def _score_body(self, request: ChatRequest) -> dict[str, Any]:
+        body = self._body(request)
+        body.update(max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=_TOP_LOGPROBS)
+        return body
+
+    def _score(self, body: dict[str, Any]) -> YesNoScore:
+        """Read logprobs; a server that sends none is marked as such and its one token is read as text.
+
+        The fallback is a degenerate distribution (1/0) from the greedy token, so a yes/no reply still
+        decides and anything else gives no verdict (the guard then fails closed).
+        """
+        score = score_from_payload(body)
+        if score is not None:
+            return score
+        if self.settings.logprobs == "auto":
+            with self._lock:  # later requests ask for text verdicts instead
+                self.capabilities = self.capabilities.model_copy(update={"score_yes_no": False})
+        word = from_payload(body).text.strip().strip(".,!\"'*").lower()
+        return YesNoScore(p_yes=float(word == "yes"), p_no=float(word == "no"))
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        for attempt in range(self.settings.max_retries + 1):
+            try:
+                response = self._client.post("/chat/completions", json=body)
+            except httpx.HTTPError as exc:
+                error = _transport_error(exc, self.settings.base_url)
+                if attempt == self.settings.max_retries:
+                    raise error from exc
+                time.sleep(self._delay(attempt, None))
+                continue
+            if response.status_code in _RETRY_STATUS and attempt < self.settings.max_retries:
+                time.sleep(self._delay(attempt, response))
+                continue
+            return _json_or_raise(response, self.name)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _apost(self, body: dict[str, Any]) -> dict[str, Any]:
+        client, semaphore = self._loop_state()
+        async with semaphore:
+            for attempt in range(self.settings.max_retries + 1):
+                try:
+                    response = await client.post("/chat/completions", json=body)
+                except httpx.HTTPError as exc:
+                    error = _transport_error(exc, self.settings.base_url)
+                    if attempt == self.settings.max_retries:
+                        raise error from exc
+                    await asyncio.sleep(self._delay(attempt, None))
+                    continue
+                if response.status_code in _RETRY_STATUS and attempt < self.settings.max_retries:
+                    await asyncio.sleep(self._delay(attempt, response))
+                    continue
+                return _json_or_raise(response, self.name)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _loop_state(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            for old in [other for other in self._per_loop if other.is_closed()]:
+                del self._per_loop[old]
+            if loop not in self._per_loop:
+                client = httpx.AsyncClient(**self._async_options)
+                self._per_loop[loop] = (client, asyncio.Semaphore(self.settings.max_concurrency))
+            return self._per_loop[loop]
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        if response is not None:
+            retry_after = response.headers.get("retry-after")
+            if retry_after:
+                try:
+                    return min(float(retry_after), 60.0)
+                except ValueError:
+                    pass
+        return self.settings.backoff_s * (2**attempt)
+
+
+def _transport_error(exc: httpx.HTTPError, base_url: str) -> Exception:
+    if isinstance(exc, httpx.TimeoutException):
+        return BackendTimeoutError(f"request to {base_url} timed out: {exc}")
+    return BackendUnavailableError(f"cannot reach {base_url}: {type(exc).__name__}: {exc}")
+
+
+def _json_or_raise(response: httpx.Response, name: str) -> dict[str, Any]:
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("error", {})
+            message = detail.get("message") if isinstance(detail, dict) else str(detail)
+        except (ValueError, AttributeError):
+            message = response.text[:300]
+        error = BackendError(f"{name} answered HTTP {response.status_code}: {message}")
+        error.status_code = response.status_code
+        raise error
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise BackendError(f"{name} sent a non-JSON response: {response.text[:200]!r}") from exc
+    if not isinstance(body, dict):
+        raise BackendError(f"{name} sent an unexpected response: {str(body)[:200]}")
+    return body

@@ -1,0 +1,185 @@
+"""FastAPI routes and error handlers of the guarded OpenAI-compatible server.
+
+Every error leaves as an OpenAI-shaped body: 400 bad request or image, 401 bad API key, 413 body too
+large, 502 backend failure, 504 timeout, 500 anything unexpected. No request can crash the process.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from ..backends.base import VisionChatBackend
+from ..errors import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    CapabilityError,
+    CheckFailedError,
+    ECSOError,
+    InputError,
+    MissingDependencyError,
+)
+from ..result import ECSOResult
+from .protocol import ChatCompletionRequest, completion_body, error_body, stream_bodies, to_chat_request
+from .service import ChatService
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from pydantic import ValidationError
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    raise MissingDependencyError(exc.name or "fastapi", "server") from exc
+
+__all__ = ["create_app"]
+
+
+class HTTPProblem(Exception):
+    """An error with its HTTP status and OpenAI error type."""
+
+    def __init__(self, status: int, message: str, error_type: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.error_type, self.code = status, message, error_type, code
+
+
+def _problem(exc: Exception) -> HTTPProblem:
+    """Map an exception to its HTTP status (the one table of the server's error contract)."""
+    if isinstance(exc, HTTPProblem):
+        return exc
+    if isinstance(exc, (InputError, CapabilityError)):
+        return HTTPProblem(400, str(exc), "invalid_request_error", type(exc).__name__)
+    if isinstance(exc, BackendTimeoutError):
+        return HTTPProblem(504, str(exc), "timeout_error", "BackendTimeoutError")
+    if isinstance(exc, (BackendError, CheckFailedError)):
+        status = 503 if isinstance(exc, BackendUnavailableError) else 502
+        return HTTPProblem(status, str(exc), "upstream_error", type(exc).__name__)
+    if isinstance(exc, ECSOError):
+        return HTTPProblem(500, str(exc), "server_error", type(exc).__name__)
+    return HTTPProblem(500, "internal server error", "server_error")
+
+
+def create_app(
+    backend: VisionChatBackend,
+    *,
+    model_name: str | None = None,
+    api_key: str | None = None,
+    max_body_bytes: int = 32 * 1024 * 1024,
+    max_batch_size: int = 16,
+    batch_window_s: float = 0.005,
+    request_timeout_s: float = 300.0,
+    default_max_tokens: int = 1024,
+) -> FastAPI:
+    """Build the app serving ``backend`` (usually an :class:`~ecso_core.guard.ECSO` guard).
+
+    Args:
+        backend: what answers; a guard adds the ``ecso`` field and ``X-ECSO-Decision`` header.
+        model_name: the id served by ``/v1/models`` and echoed in responses.
+        api_key: when set, requests need ``Authorization: Bearer <api_key>``.
+        max_body_bytes: larger request bodies get 413.
+        max_batch_size: most concurrent requests answered as one batch.
+        batch_window_s: how long a request waits for others to batch with.
+        request_timeout_s: a request still unanswered after this gets 504.
+        default_max_tokens: ``max_tokens`` when the client sends none.
+
+    """
+    name = model_name or backend.name
+    service = ChatService(
+        backend, max_batch_size=max_batch_size, batch_window_s=batch_window_s, request_timeout_s=request_timeout_s
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        yield
+        await service.stop()  # graceful: in-flight batches finish first
+
+    app = FastAPI(title="ecso guarded chat completions", lifespan=lifespan)
+    app.state.service = service
+
+    async def _errors(_: Request, exc: Exception) -> JSONResponse:
+        problem = _problem(exc)
+        return JSONResponse(error_body(problem.message, problem.error_type, problem.code), status_code=problem.status)
+
+    app.add_exception_handler(HTTPProblem, _errors)  # expected errors: answered, not logged as crashes
+    app.add_exception_handler(Exception, _errors)  # anything else: a 500 body, and the server stays up
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": name}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        _authorise(request, api_key)
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "ecso"}]}
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return PlainTextResponse(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
+        try:
+            _authorise(request, api_key)
+            body = await _read_body(request, max_body_bytes)
+            chat_request = to_chat_request(body, default_max_tokens)
+            reply = await service.complete(chat_request)
+        except Exception as exc:
+            problem = _problem(exc)
+            service.metrics.requests.labels(str(problem.status)).inc()
+            raise problem from exc
+        service.metrics.requests.labels("200").inc()
+        completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        headers = {}
+        if isinstance(reply.raw, ECSOResult):
+            headers["X-ECSO-Decision"] = reply.raw.decision
+        if not body.stream:
+            return JSONResponse(completion_body(reply, name, completion_id, created), headers=headers)
+        chunks = stream_bodies(reply, name, completion_id, created)
+        return StreamingResponse(_sse(chunks), media_type="text/event-stream", headers=headers)
+
+    return app
+
+
+def _authorise(request: Request, api_key: str | None) -> None:
+    if api_key is None:
+        return
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    # Constant-time comparison: response timing must not reveal how much of the key matched.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_key.encode()):
+        raise HTTPProblem(401, "invalid or missing API key", "authentication_error", "invalid_api_key")
+
+
+async def _read_body(request: Request, limit: int) -> ChatCompletionRequest:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPProblem(413, f"request body over {limit} bytes", "invalid_request_error", "body_too_large")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise HTTPProblem(413, f"request body over {limit} bytes", "invalid_request_error", "body_too_large")
+    try:
+        payload = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPProblem(
+            400, f"request body is not valid JSON: {exc}", "invalid_request_error", "invalid_json"
+        ) from exc
+    try:
+        return ChatCompletionRequest.model_validate(payload)
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise HTTPProblem(400, f"invalid request: {detail}", "invalid_request_error", "invalid_request") from exc
+
+
+async def _sse(chunks: list[dict[str, Any]]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
+    yield b"data: [DONE]\n\n"

@@ -1,0 +1,205 @@
+"""The OpenAI chat-completions wire format: request schema and response builders (pure)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import MessageError
+from ..result import ECSOResult
+from ..types import ChatReply, ChatRequest, GenerationParams, ImagePart, Message, TextPart, ToolCall
+
+__all__ = [
+    "ChatCompletionRequest",
+    "chunk_body",
+    "completion_body",
+    "ecso_field",
+    "error_body",
+    "stream_bodies",
+    "to_chat_request",
+]
+
+
+class _Open(BaseModel):
+    # Unknown OpenAI fields are tolerated so that any client works; known ones are validated.
+    model_config = ConfigDict(extra="ignore")
+
+
+class ImageURL(_Open):
+    url: str
+    detail: str | None = None
+
+
+class TextContent(_Open):
+    type: Literal["text"]
+    text: str
+
+
+class ImageContent(_Open):
+    type: Literal["image_url"]
+    image_url: ImageURL | str
+
+
+ContentPart = Annotated[Union[TextContent, ImageContent], Field(discriminator="type")]
+
+
+class FunctionCall(_Open):
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCallIn(_Open):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessageIn(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatCompletionRequest(_Open):
+    """The subset of the chat-completions request that the guard honours."""
+
+    model: str | None = None
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    tools: list[dict[str, Any]] | None = None
+    n: int | None = Field(default=None, ge=1, le=1)
+
+
+def to_chat_request(body: ChatCompletionRequest, default_max_tokens: int = 1024) -> ChatRequest:
+    """Translate a chat-completions request into the core :class:`ChatRequest`.
+
+    Raises:
+        MessageError: malformed tool-call arguments.
+
+    """
+    messages = tuple(_message(m) for m in body.messages)
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    params = GenerationParams(
+        max_new_tokens=body.max_completion_tokens or body.max_tokens or default_max_tokens,
+        temperature=body.temperature or 0.0,
+        top_p=body.top_p or 1.0,
+        stop=stop,
+        seed=body.seed,
+    )
+    return ChatRequest(messages=messages, params=params, tools=tuple(body.tools or ()))
+
+
+def _message(message: ChatMessageIn) -> Message:
+    role = "system" if message.role == "developer" else message.role
+    content: list[TextPart | ImagePart] = []
+    if isinstance(message.content, str):
+        content.append(TextPart(text=message.content))
+    for part in message.content if isinstance(message.content, list) else []:
+        if isinstance(part, TextContent):
+            content.append(TextPart(text=part.text))
+        else:
+            url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
+            content.append(ImagePart(image=url))
+    calls = []
+    for call in message.tool_calls or []:
+        try:
+            arguments = json.loads(call.function.arguments or "{}")
+        except json.JSONDecodeError as exc:
+            raise MessageError(f"tool call {call.id!r} has arguments that are not JSON") from exc
+        calls.append(ToolCall(id=call.id, name=call.function.name, arguments=arguments))
+    return Message(
+        role=role, content=tuple(content), name=message.name, tool_calls=tuple(calls), tool_call_id=message.tool_call_id
+    )
+
+
+def _tool_calls(reply: ChatReply) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)},
+        }
+        for call in reply.tool_calls
+    ]
+
+
+def ecso_field(reply: ChatReply) -> dict[str, Any] | None:
+    """The ``ecso`` extra of a response: the guard's outcome, when a guard answered."""
+    return reply.raw.summary() if isinstance(reply.raw, ECSOResult) else None
+
+
+def completion_body(reply: ChatReply, model: str, completion_id: str, created: int) -> dict[str, Any]:
+    """A ``chat.completion`` response body."""
+    message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+    if reply.tool_calls:
+        message["tool_calls"] = _tool_calls(reply)
+    body: dict[str, Any] = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"index": 0, "message": message, "finish_reason": _finish(reply)},
+        ],
+        "usage": {
+            "prompt_tokens": reply.usage.prompt_tokens,
+            "completion_tokens": reply.usage.completion_tokens,
+            "total_tokens": reply.usage.total_tokens,
+        },
+    }
+    extra = ecso_field(reply)
+    if extra is not None:
+        body["ecso"] = extra
+    return body
+
+
+def chunk_body(
+    completion_id: str, model: str, created: int, delta: dict[str, Any], finish_reason: str | None = None
+) -> dict[str, Any]:
+    """A ``chat.completion.chunk`` body."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+
+
+def stream_bodies(reply: ChatReply, model: str, completion_id: str, created: int) -> list[dict[str, Any]]:
+    """Every chunk of a streamed answer: role, text pieces, tool calls, then the finish with usage and ``ecso``."""
+    from ..guard import chunk_text
+
+    chunks = [chunk_body(completion_id, model, created, {"role": "assistant", "content": ""})]
+    chunks += [chunk_body(completion_id, model, created, {"content": piece}) for piece in chunk_text(reply.text)]
+    if reply.tool_calls:
+        calls = [{"index": i, **call} for i, call in enumerate(_tool_calls(reply))]
+        chunks.append(chunk_body(completion_id, model, created, {"tool_calls": calls}))
+    last = chunk_body(completion_id, model, created, {}, _finish(reply))
+    last["usage"] = completion_body(reply, model, completion_id, created)["usage"]
+    extra = ecso_field(reply)
+    if extra is not None:
+        last["ecso"] = extra
+    chunks.append(last)
+    return chunks
+
+
+def _finish(reply: ChatReply) -> str:
+    if reply.tool_calls:
+        return "tool_calls"
+    return reply.finish_reason if reply.finish_reason in ("stop", "length", "tool_calls") else "stop"
+
+
+def error_body(message: str, error_type: str, code: str | None = None) -> dict[str, Any]:
+    """An OpenAI-shaped error body."""
+    return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
