@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ def ask(
     max_new_tokens: Annotated[int, typer.Option(help="Most new tokens per model call.")] = 1024,
     device: Annotated[str, typer.Option(help="Torch device for hf models (auto, cpu, cuda, ...).")] = "auto",
     allow_image_urls: Annotated[bool, typer.Option(help="Allow http(s) image URLs.")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="ECSOConfig as a JSON file.")] = None,
 ) -> None:
     """Answer QUERY about the image(s) with the ECSO guard in front of the model."""
     from .backends import load_backend
@@ -52,12 +54,12 @@ def ask(
     messages.append(Message(role="user", content=(*parts, TextPart(text=query))))
     params = GenerationParams(max_new_tokens=max_new_tokens)
     request = ChatRequest(messages=tuple(messages), params=params)
-    config = ECSOConfig(allow_image_urls=allow_image_urls, caption_params=params)
+    settings = _load_config(config, allow_image_urls=allow_image_urls or None, caption_params=params)
     try:
-        request = prepare_request(request, config.image_limits, config.allow_image_urls)  # fail before loading
+        request = prepare_request(request, settings.image_limits, settings.allow_image_urls)  # fail before loading
         backend = load_backend(model, device=device)
         start = time.perf_counter()
-        result = ECSO(backend, config).run(request)
+        result = ECSO(backend, settings).run(request)
     except ECSOError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2 if isinstance(exc, InputError) else 1) from None
@@ -82,6 +84,7 @@ def serve(
     request_timeout: Annotated[float, typer.Option(help="Seconds before a request gets 504.")] = 300.0,
     allow_image_urls: Annotated[bool, typer.Option(help="Allow http(s) image URLs.")] = False,
     device: Annotated[str, typer.Option(help="Torch device for hf models (auto, cpu, cuda, ...).")] = "auto",
+    config: Annotated[Optional[Path], typer.Option(help="ECSOConfig as a JSON file.")] = None,
 ) -> None:
     """Serve an OpenAI-compatible /v1/chat/completions endpoint with ECSO in front of MODEL."""
     from .backends import load_backend
@@ -93,6 +96,7 @@ def serve(
     except ImportError:
         typer.echo("error: the server needs its extra: pip install 'ecso[server]'", err=True)
         raise typer.Exit(code=1) from None
+    settings = _load_config(config, allow_image_urls=allow_image_urls or None)
     options = {"device": device} if not model.startswith("openai:") else {}
     try:
         backend = load_backend(model, **options)
@@ -100,11 +104,28 @@ def serve(
     except ECSOError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from None
-    served = backend if no_guard else ECSO(backend, ECSOConfig(allow_image_urls=allow_image_urls), judge=judge_backend)
+    served = backend if no_guard else ECSO(backend, settings, judge=judge_backend)
     application = create_app(
         served, model_name=model, api_key=api_key, max_batch_size=max_batch_size, request_timeout_s=request_timeout
     )
     uvicorn.run(application, host=host, port=port, timeout_graceful_shutdown=30, log_level="warning")
+
+
+def _load_config(path: Optional[Path], **overrides: object) -> ECSOConfig:
+    """ECSOConfig from a JSON file (if given), with command-line overrides applied."""
+    data: dict[str, object] = {}
+    if path is not None:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            typer.echo(f"error: cannot read config {path}: {exc}", err=True)
+            raise typer.Exit(code=2) from None
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ECSOConfig.model_validate(data)
+    except ValueError as exc:
+        typer.echo(f"error: invalid config: {exc}", err=True)
+        raise typer.Exit(code=2) from None
 
 
 def _status_line(result: ECSOResult, seconds: float) -> str:

@@ -84,3 +84,71 @@ def test_hub_model_offline_exits_1_and_says_what_to_do() -> None:
 def test_help_lists_ask() -> None:
     out = ecso("--help")
     assert out.returncode == 0 and "ask" in out.stdout
+
+
+def test_serve_answers_and_shuts_down_gracefully(tmp_path: Path) -> None:
+    import base64
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "ecso.json"
+    config.write_text('{"caption_params": {"max_new_tokens": 4}, "fail_mode": "refuse"}')
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen(
+        [str(ECSO_BIN), "serve", "--model", "tiny-random:llava-small", "--port", str(port), "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        image = "data:image/png;base64," + base64.b64encode(STEPS_PNG.read_bytes()).decode()
+        body = {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": image}},
+                        {"type": "text", "text": "What is this?"},
+                    ],
+                }
+            ],
+            "max_tokens": 4,
+        }
+        response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+        assert response.status_code == 200
+        assert response.headers["x-ecso-decision"] == response.json()["ecso"]["decision"]
+        # A request in flight when SIGTERM arrives still gets its answer (graceful shutdown).
+        import concurrent.futures
+
+        body["max_tokens"] = 1000
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=60)
+            time.sleep(0.3)
+            server.send_signal(signal.SIGTERM)
+            assert pending.result().status_code == 200
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(30)
+    # uvicorn re-raises the signal after its graceful shutdown, so -SIGTERM is a clean exit here.
+    assert code in (0, -signal.SIGTERM)
+    assert b"Traceback" not in server.stderr.read()
+
+
+def test_invalid_config_file_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "bad.json"
+    config.write_text('{"fail_mode": "open"}')
+    out = ecso("ask", "--model", "tiny-random:llava-small", "--config", str(config), "q")
+    assert out.returncode == 2 and "invalid config" in out.stderr
