@@ -57,7 +57,9 @@ def prepare_image_part(part: ImagePart, limits: ImageLimits | None = None, allow
     if part.digest is not None and isinstance(part.image, Image.Image):
         return part
     image = load_image(part.image, limits, allow_urls)
-    return ImagePart(image=image, digest=image_digest(image))
+    digest = image_digest(image)
+    image.info["ecso_digest"] = digest  # lets backends cache per-image work (see backends/hf_reuse.py)
+    return ImagePart(image=image, digest=digest)
 
 
 def prepare_request(request: ChatRequest, limits: ImageLimits | None = None, allow_urls: bool = False) -> ChatRequest:

@@ -8,6 +8,7 @@ Importing this module imports torch and transformers; ``ecso_core`` imports it l
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import threading
@@ -29,6 +30,8 @@ try:
     from transformers.utils import logging as hf_logging
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise MissingDependencyError(exc.name or "transformers", "hf") from exc
+
+from .hf_reuse import CachedImageProcessor, PrefixCache, ReusePlan, image_token_ids, plan_reuse  # noqa: E402
 
 __all__ = ["TransformersBackend", "TransformersSettings", "to_template_messages", "yes_no_token_ids"]
 
@@ -54,6 +57,8 @@ class TransformersSettings(BaseModel):
     """Never contact the hub (also implied by ``HF_HUB_OFFLINE=1``)."""
     attn_implementation: str | None = None
     """E.g. ``"sdpa"``, ``"flash_attention_2"``; None lets transformers choose."""
+    prefix_cache_mb: int = Field(default=512, ge=0)
+    """Memory for prompt key/value caches reused across ECSO steps (0 turns reuse off)."""
 
 
 def to_template_messages(
@@ -110,9 +115,25 @@ class TransformersBackend(BackendBase):
     Build it with :meth:`from_pretrained`, or pass an already loaded ``model`` and ``processor``.
     """
 
-    def __init__(self, model: Any, processor: Any, *, name: str | None = None, max_batch_size: int = 8) -> None:
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        name: str | None = None,
+        max_batch_size: int = 8,
+        prefix_cache_mb: int = 512,
+    ) -> None:
         self.model = model
         self.processor = processor
+        if getattr(processor, "image_processor", None) is not None:
+            processor.image_processor = CachedImageProcessor(processor.image_processor)
+        self._prefix_cache = PrefixCache(prefix_cache_mb * 2**20) if prefix_cache_mb else None
+        self._image_ids = image_token_ids(model)
+        text_config = getattr(model.config, "text_config", model.config)
+        self._window = getattr(text_config, "sliding_window", None)  # caches past it are incomplete
+        # transformers renamed `past_key_values` to `cache` during 5.x; use whichever this version has.
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"  # decoder-only batching: pad on the left
         if self.tokenizer.pad_token is None:
@@ -154,7 +175,13 @@ class TransformersBackend(BackendBase):
             raise BackendUnavailableError(f"cannot load model {options.model!r}: {exc}.{hint}") from exc
         loaded.to(device).eval()
         name = Path(options.model).name if local else options.model
-        return cls(loaded, processor, name=name, max_batch_size=options.max_batch_size)
+        return cls(
+            loaded,
+            processor,
+            name=name,
+            max_batch_size=options.max_batch_size,
+            prefix_cache_mb=options.prefix_cache_mb,
+        )
 
     # ---- backend protocol -------------------------------------------------------------------
 
@@ -167,18 +194,31 @@ class TransformersBackend(BackendBase):
         return [replies[i] for i in range(len(requests))]
 
     def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
-        """P(yes) and P(no) of the first answer token, from one forward pass over each prompt."""
+        """P(yes) and P(no) of the first answer token, from one forward pass over each prompt.
+
+        Prompts that start like ones already run (the same image behind the same template prefix, as
+        ECSO's check does after its answer) compute only their new tokens.
+        """
         scores: dict[int, YesNoScore] = {}
         for _, indices in self._batches(requests, by_params=False):
-            inputs, prompt_tokens = self._encode([requests[i] for i in indices])
+            batch = [requests[i] for i in indices]
+            inputs, prompt_tokens = self._encode(batch)
+            plan = self._plan(batch, inputs)
+            if plan is not None:
+                inputs = {
+                    "input_ids": plan.input_ids[:, plan.cached :],
+                    "attention_mask": plan.attention_mask,
+                    "position_ids": (plan.attention_mask.cumsum(-1) - 1).clamp(min=0)[:, plan.cached :],
+                    self._cache_arg: self._cache(plan),
+                    **self._no_image_types(plan.input_ids[:, plan.cached :]),
+                }
             with self._lock, torch.inference_mode():
                 try:
-                    logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :]
+                    logits = self.model(**self._on_device(inputs), logits_to_keep=1).logits[:, -1, :]
                 except (RuntimeError, ValueError) as exc:
                     raise BackendError(f"{self.name} forward pass failed: {exc}") from exc
             probs = torch.softmax(logits.float(), dim=-1)
-            p_yes = probs[:, self._yes_ids].sum(-1).tolist()
-            p_no = probs[:, self._no_ids].sum(-1).tolist()
+            p_yes, p_no = probs[:, self._yes_ids].sum(-1).tolist(), probs[:, self._no_ids].sum(-1).tolist()
             for row, index in enumerate(indices):
                 scores[index] = YesNoScore(
                     p_yes=min(p_yes[row], 1.0),
@@ -241,17 +281,56 @@ class TransformersBackend(BackendBase):
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        plan = self._plan(requests, inputs)
+        if plan is not None:  # the images are in the cached prefixes: no pixels, only new tokens prefilled
+            inputs = {
+                "input_ids": plan.input_ids,
+                "attention_mask": plan.attention_mask,
+                self._cache_arg: self._cache(plan),
+                **self._no_image_types(plan.input_ids),
+            }
         with self._lock, torch.inference_mode():
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             try:
-                output = self.model.generate(**inputs, **kwargs)
+                output = self.model.generate(**self._on_device(inputs), **kwargs, return_dict_in_generate=True)
             except (RuntimeError, ValueError) as exc:
                 raise BackendError(f"{self.name} generation failed: {exc}") from exc
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        if plan is None and self._prefix_cache is not None and any(r.images for r in requests):
+            images = [_digests(r) for r in requests]
+            self._prefix_cache.store(
+                images, inputs["input_ids"], inputs["attention_mask"], _output_cache(output), self._window
+            )
+        new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :]
         return [
             self._reply(row.tolist(), prompt, params) for row, prompt in zip(new_tokens, prompt_tokens, strict=True)
         ]
+
+    def _plan(self, requests: Sequence[ChatRequest], inputs: Any) -> ReusePlan | None:
+        """How to run ``inputs`` from cached prefixes, or None to run them in full."""
+        if self._prefix_cache is None or not any(r.images for r in requests):
+            return None
+        rows = [_row_ids(inputs, row) for row in range(len(requests))]
+        hits = [self._prefix_cache.lookup(_digests(r), ids) for r, ids in zip(requests, rows, strict=True)]
+        plan = plan_reuse(rows, hits, self._image_ids, self.tokenizer.pad_token_id)
+        if plan is not None and self._window is not None and plan.input_ids.shape[1] > self._window:
+            return None  # sliding-window layers would drop part of the batch's cache: prefill in full
+        return plan
+
+    def _cache(self, plan: ReusePlan) -> Any:
+        device = self.model.device
+        data = [(keys.to(device), values.to(device)) for keys, values in plan.layers]
+        return transformers.DynamicCache(ddp_cache_data=data, config=self.model.config)
+
+    def _no_image_types(self, input_ids: Any) -> dict[str, Any]:
+        # Models that mark image tokens (Gemma 3) get "text" for every token fed after a cached prefix.
+        if "token_type_ids" in self.processor.model_input_names:
+            return {"token_type_ids": torch.zeros_like(input_ids)}
+        return {}
+
+    def _on_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        device = self.model.device
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
     def _reply(self, tokens: list[int], prompt_tokens: int, params: GenerationParams) -> ChatReply:
         stops = set(_as_list(self.model.generation_config.eos_token_id)) | {self.tokenizer.pad_token_id}
@@ -299,6 +378,23 @@ def _require_hub(model: str) -> None:
             f"model {model!r} is not in the local cache and the Hugging Face hub ({endpoint}) cannot be "
             f"reached: {exc}. {_DOWNLOAD_HINT.format(model=model)}"
         ) from exc
+
+
+def _output_cache(output: Any) -> Any:
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def _digests(request: ChatRequest) -> tuple[str, ...] | None:
+    """The request's image digests in order; None when an image was not prepared (no digest)."""
+    digests = tuple(part.digest for part in request.images)
+    return None if None in digests else digests  # type: ignore[return-value]
+
+
+def _row_ids(inputs: Any, row: int) -> Any:
+    """Row ``row`` of a left-padded batch, without its padding."""
+    mask = inputs["attention_mask"][row]
+    return inputs["input_ids"][row, int(len(mask) - mask.sum()) :].cpu()
 
 
 def _specials_pattern(tokenizer: Any) -> re.Pattern[str] | None:
