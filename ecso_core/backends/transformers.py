@@ -210,7 +210,6 @@ class TransformersBackend(BackendBase):
                     "attention_mask": plan.attention_mask,
                     "position_ids": (plan.attention_mask.cumsum(-1) - 1).clamp(min=0)[:, plan.cached :],
                     self._cache_arg: self._cache(plan),
-                    **self._no_image_types(plan.input_ids[:, plan.cached :]),
                 }
             with self._lock, torch.inference_mode():
                 try:
@@ -287,7 +286,6 @@ class TransformersBackend(BackendBase):
                 "input_ids": plan.input_ids,
                 "attention_mask": plan.attention_mask,
                 self._cache_arg: self._cache(plan),
-                **self._no_image_types(plan.input_ids),
             }
         with self._lock, torch.inference_mode():
             if params.seed is not None:
@@ -321,12 +319,6 @@ class TransformersBackend(BackendBase):
         device = self.model.device
         data = [(keys.to(device), values.to(device)) for keys, values in plan.layers]
         return transformers.DynamicCache(ddp_cache_data=data, config=self.model.config)
-
-    def _no_image_types(self, input_ids: Any) -> dict[str, Any]:
-        # Models that mark image tokens (Gemma 3) get "text" for every token fed after a cached prefix.
-        if "token_type_ids" in self.processor.model_input_names:
-            return {"token_type_ids": torch.zeros_like(input_ids)}
-        return {}
 
     def _on_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
         device = self.model.device
