@@ -185,6 +185,7 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
         messages=closed_messages,
         params=config.eyes_closed_params or request.params,
         tools=request.tools,
+        tool_choice=request.tool_choice,
     )
     final = yield from _one(ModelCall("eyes_closed", closed_request), steps)
     assert isinstance(final, ChatReply)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict
@@ -23,7 +24,19 @@ from .images import prepare_request
 from .result import ECSOResult, StepName
 from .types import ChatReply, ChatRequest, ImagePart, Message, TextPart
 
-__all__ = ["ECSO", "ECSOStreamEvent", "StepEvent", "StreamEnd", "TextDelta", "chunk_text"]
+__all__ = ["ECSO", "ECSOStreamEvent", "StepEvent", "StreamEnd", "TextDelta", "chunk_text", "current_step"]
+
+_CURRENT_STEP: ContextVar[StepName | None] = ContextVar("ecso_current_step", default=None)
+
+
+def current_step() -> StepName | None:
+    """The ECSO step whose backend call is running in this context (None outside the guard).
+
+    Backends may read it to label their calls, e.g. for tracing; the LangChain adapter tags each
+    inner model run with it.
+    """
+    return _CURRENT_STEP.get()
+
 
 Results = list[Union[ECSOResult, BaseException]]
 
@@ -218,12 +231,15 @@ class ECSO(BackendBase):
         outcomes: list[Outcome | None] = [None] * len(calls)
         for backend, score, indices in self._groups(calls):
             batch = [calls[i].request for i in indices]
+            token = _CURRENT_STEP.set(calls[indices[0]].step)
             start = time.perf_counter()
             try:
                 values: list[Any] = backend.score_yes_no(batch) if score else backend.generate(batch)
                 error = None
             except Exception as exc:
                 values, error = [], _as_backend_error(exc, backend)
+            finally:
+                _CURRENT_STEP.reset(token)
             _fill(outcomes, indices, values, error, time.perf_counter() - start)
         return outcomes  # type: ignore[return-value]
 
@@ -231,23 +247,26 @@ class ECSO(BackendBase):
         outcomes: list[Outcome | None] = [None] * len(calls)
         for backend, score, indices in self._groups(calls):
             batch = [calls[i].request for i in indices]
+            token = _CURRENT_STEP.set(calls[indices[0]].step)
             start = time.perf_counter()
             try:
                 values: list[Any] = await (backend.ascore_yes_no(batch) if score else backend.agenerate(batch))
                 error = None
             except Exception as exc:
                 values, error = [], _as_backend_error(exc, backend)
+            finally:
+                _CURRENT_STEP.reset(token)
             _fill(outcomes, indices, values, error, time.perf_counter() - start)
         return outcomes  # type: ignore[return-value]
 
     def _groups(self, calls: list[ModelCall]) -> list[tuple[VisionChatBackend, bool, list[int]]]:
-        """Indices of ``calls`` per (target, scored?): each group becomes one batched call."""
-        keyed: dict[tuple[str, bool], list[int]] = {}
+        """Indices of ``calls`` per (target, scored?, step): each group becomes one batched call."""
+        keyed: dict[tuple[str, bool, str], list[int]] = {}
         for index, call in enumerate(calls):
-            keyed.setdefault((call.target, call.score), []).append(index)
+            keyed.setdefault((call.target, call.score, call.step), []).append(index)
         return [
             (self.judge if target == "judge" else self.backend, score, indices)
-            for (target, score), indices in keyed.items()
+            for (target, score, _), indices in keyed.items()
         ]
 
 

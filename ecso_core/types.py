@@ -152,6 +152,8 @@ class ChatRequest(_Frozen):
     params: GenerationParams = GenerationParams()
     tools: tuple[dict[str, Any], ...] = ()
     """Tool definitions in OpenAI function format (``{"type": "function", "function": {...}}``)."""
+    tool_choice: str | dict[str, Any] | None = None
+    """OpenAI ``tool_choice`` (``"auto"``, ``"required"``, ``"none"``, a named function); None: model default."""
 
     @model_validator(mode="after")
     def _not_empty(self) -> ChatRequest:

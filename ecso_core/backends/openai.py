@@ -25,7 +25,14 @@ from ..images import image_to_data_url, load_image
 from ..types import ChatReply, ChatRequest, ImagePart, TextPart, TokenUsage, ToolCall, YesNoScore
 from .base import BackendBase, BackendCapabilities, check_capabilities
 
-__all__ = ["OpenAIBackend", "OpenAISettings", "from_payload", "score_from_payload", "to_payload"]
+__all__ = [
+    "OpenAIBackend",
+    "OpenAISettings",
+    "from_payload",
+    "score_from_logprobs",
+    "score_from_payload",
+    "to_payload",
+]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -70,6 +77,8 @@ def to_payload(request: ChatRequest, model: str) -> dict[str, Any]:
         body["seed"] = params.seed
     if request.tools:
         body["tools"] = list(request.tools)
+        if request.tool_choice is not None:
+            body["tool_choice"] = request.tool_choice
     return body
 
 
@@ -138,10 +147,13 @@ def from_payload(body: dict[str, Any]) -> ChatReply:
     )
 
 
-def score_from_payload(body: dict[str, Any]) -> YesNoScore | None:
-    """P(yes) and P(no) from the first token's ``top_logprobs``; None when the server sent none."""
+def score_from_logprobs(logprobs: Any, prompt_tokens: int = 0) -> YesNoScore | None:
+    """P(yes) and P(no) from an OpenAI ``logprobs`` object (its first token's ``top_logprobs``).
+
+    Spellings are summed ("Yes", " yes", "YES" ...). None when there are no log-probabilities.
+    """
     try:
-        first = body["choices"][0]["logprobs"]["content"][0]
+        first = logprobs["content"][0]
         candidates = first.get("top_logprobs") or [first]
     except (KeyError, IndexError, TypeError):
         return None
@@ -153,10 +165,16 @@ def score_from_payload(body: dict[str, Any]) -> YesNoScore | None:
             p_yes += probability
         elif word == "no":
             p_no += probability
-    usage = body.get("usage") or {}
-    return YesNoScore(
-        p_yes=min(p_yes, 1.0), p_no=min(p_no, 1.0), usage=TokenUsage(prompt_tokens=usage.get("prompt_tokens") or 0)
-    )
+    return YesNoScore(p_yes=min(p_yes, 1.0), p_no=min(p_no, 1.0), usage=TokenUsage(prompt_tokens=prompt_tokens))
+
+
+def score_from_payload(body: dict[str, Any]) -> YesNoScore | None:
+    """P(yes) and P(no) from the first token's ``top_logprobs``; None when the server sent none."""
+    try:
+        logprobs = body["choices"][0]["logprobs"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return score_from_logprobs(logprobs, (body.get("usage") or {}).get("prompt_tokens") or 0)
 
 
 class OpenAIBackend(BackendBase):

@@ -77,6 +77,7 @@ class ChatCompletionRequest(_Open):
     seed: int | None = None
     stream: bool = False
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
     n: int | None = Field(default=None, ge=1, le=1)
 
 
@@ -96,7 +97,7 @@ def to_chat_request(body: ChatCompletionRequest, default_max_tokens: int = 1024)
         stop=stop,
         seed=body.seed,
     )
-    return ChatRequest(messages=messages, params=params, tools=tuple(body.tools or ()))
+    return ChatRequest(messages=messages, params=params, tools=tuple(body.tools or ()), tool_choice=body.tool_choice)
 
 
 def _message(message: ChatMessageIn) -> Message:

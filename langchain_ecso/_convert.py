@@ -1,0 +1,213 @@
+"""Pure translation between LangChain messages and ecso's core types. No I/O, no model calls."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from PIL import Image
+
+from ecso_core.errors import MessageError
+from ecso_core.images import image_to_data_url, load_image
+from ecso_core.result import ECSOResult
+from ecso_core.types import ChatReply, ChatRequest, GenerationParams, ImagePart, Message, TextPart, TokenUsage, ToolCall
+
+__all__ = [
+    "ai_message",
+    "final_chunk",
+    "reply_from_ai_message",
+    "to_ecso_request",
+    "to_langchain_messages",
+    "usage_metadata",
+]
+
+_ROLES = {
+    "human": "user",
+    "user": "user",
+    "ai": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "developer": "system",
+    "tool": "tool",
+}
+# Blocks that carry no conversation content for the model (the model's own reasoning, citations).
+_SKIPPED = {
+    "reasoning",
+    "citation",
+    "tool_call",
+    "tool_call_chunk",
+    "invalid_tool_call",
+    "server_tool_call",
+    "server_tool_call_chunk",
+    "server_tool_result",
+}
+
+
+def to_ecso_request(
+    messages: Sequence[BaseMessage],
+    *,
+    tools: Sequence[dict[str, Any]] | None = None,
+    tool_choice: str | dict[str, Any] | None = None,
+    stop: Sequence[str] | None = None,
+    params: GenerationParams | None = None,
+) -> ChatRequest:
+    """Translate a LangChain conversation into a :class:`ChatRequest`.
+
+    Raises:
+        MessageError: no messages, an unknown role, or a content block that cannot be sent
+            (files, audio, unknown types): nothing is silently dropped.
+
+    """
+    if not messages:
+        raise MessageError("no messages to send")
+    base = params or GenerationParams()
+    if stop:
+        base = base.model_copy(update={"stop": tuple(stop)})
+    return ChatRequest(
+        messages=tuple(_message(m) for m in messages),
+        params=base,
+        tools=tuple(tools or ()),
+        tool_choice=tool_choice if tools else None,
+    )
+
+
+def _message(message: BaseMessage) -> Message:
+    role = _ROLES.get(message.role if isinstance(message, ChatMessage) else message.type)
+    if role is None:
+        raise MessageError(f"unsupported LangChain message type {message.type!r}")
+    if isinstance(message, ToolMessage):
+        return Message(role="tool", content=_text_of(message), tool_call_id=message.tool_call_id, name=message.name)
+    parts: list[TextPart | ImagePart] = []
+    for block in message.content_blocks:
+        kind = block.get("type")
+        if kind == "text":
+            parts.append(TextPart(text=block["text"]))
+        elif kind == "image":
+            parts.append(ImagePart(image=_image_source(block)))
+        elif kind == "image_url":  # OpenAI-style block the normaliser left as is
+            url = block["image_url"]["url"] if isinstance(block.get("image_url"), dict) else block.get("image_url")
+            parts.append(ImagePart(image=url))
+        elif kind in _SKIPPED:
+            continue
+        else:
+            raise MessageError(f"unsupported content block type {kind!r} in a {message.type} message")
+    calls = tuple(
+        ToolCall(id=call.get("id") or "", name=call["name"], arguments=call.get("args") or {})
+        for call in getattr(message, "tool_calls", None) or []
+    )
+    return Message(role=role, content=tuple(parts), tool_calls=calls, name=message.name)
+
+
+def _image_source(block: dict[str, Any]) -> str:
+    if block.get("base64"):
+        mime = block.get("mime_type") or "image/png"
+        return f"data:{mime};base64,{block['base64']}"
+    if block.get("url"):
+        return str(block["url"])
+    raise MessageError("image blocks must carry base64 data or a URL (file ids cannot be resolved here)")
+
+
+def _text_of(message: BaseMessage) -> str:
+    if isinstance(message.content, str):
+        return message.content
+    return "".join(b.get("text", "") for b in message.content_blocks if b.get("type") == "text")
+
+
+def to_langchain_messages(request: ChatRequest) -> list[BaseMessage]:
+    """Translate a :class:`ChatRequest` into LangChain messages (images as standard base64 blocks)."""
+    out: list[BaseMessage] = []
+    for message in request.messages:
+        if message.role == "tool":
+            out.append(ToolMessage(content=message.text, tool_call_id=message.tool_call_id or "", name=message.name))
+            continue
+        content: str | list[dict[str, Any]]
+        if message.images:
+            content = [_block(part) for part in message.content]
+        else:
+            content = message.text
+        if message.role == "system":
+            out.append(SystemMessage(content=content))
+        elif message.role == "assistant":
+            calls = [{"name": c.name, "args": c.arguments, "id": c.id, "type": "tool_call"} for c in message.tool_calls]
+            out.append(AIMessage(content=content, tool_calls=calls))
+        else:
+            out.append(HumanMessage(content=content, name=message.name))
+    return out
+
+
+def _block(part: TextPart | ImagePart) -> dict[str, Any]:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    image = part.image if isinstance(part.image, Image.Image) else load_image(part.image)
+    header, _, payload = image_to_data_url(image).partition(",")
+    return {"type": "image", "base64": payload, "mime_type": header[5:].split(";")[0]}
+
+
+def reply_from_ai_message(message: BaseMessage) -> ChatReply:
+    """Translate a model's ``AIMessage`` into a :class:`ChatReply` (``raw`` keeps the message)."""
+    usage = getattr(message, "usage_metadata", None) or {}
+    calls = tuple(
+        ToolCall(id=call.get("id") or "", name=call["name"], arguments=call.get("args") or {})
+        for call in getattr(message, "tool_calls", None) or []
+    )
+    metadata = getattr(message, "response_metadata", None) or {}
+    return ChatReply(
+        text=message.text if isinstance(message.text, str) else str(message.text),
+        tool_calls=calls,
+        usage=TokenUsage(
+            prompt_tokens=usage.get("input_tokens") or 0, completion_tokens=usage.get("output_tokens") or 0
+        ),
+        finish_reason=metadata.get("finish_reason") or metadata.get("stop_reason"),
+        raw=message,
+    )
+
+
+def usage_metadata(usage: TokenUsage) -> dict[str, int]:
+    """LangChain ``usage_metadata`` for token counts summed over every ECSO step."""
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "output_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _metadata(result: ECSOResult, model_name: str) -> dict[str, Any]:
+    return {"ecso": result.summary(), "model_name": model_name, "finish_reason": result.finish_reason or "stop"}
+
+
+def ai_message(result: ECSOResult, model_name: str) -> AIMessage:
+    """The guarded answer as an ``AIMessage``, with ``response_metadata["ecso"]`` and summed usage."""
+    return AIMessage(
+        content=result.answer,
+        tool_calls=[{"name": c.name, "args": c.arguments, "id": c.id, "type": "tool_call"} for c in result.tool_calls],
+        response_metadata=_metadata(result, model_name),
+        usage_metadata=usage_metadata(result.usage),
+    )
+
+
+def final_chunk(result: ECSOResult, model_name: str) -> AIMessageChunk:
+    """The last chunk of a stream: tool calls, usage and the ECSO outcome, ``chunk_position="last"``."""
+    return AIMessageChunk(
+        content="",
+        tool_call_chunks=[
+            {"name": c.name, "args": _json(c.arguments), "id": c.id, "index": i, "type": "tool_call_chunk"}
+            for i, c in enumerate(result.tool_calls)
+        ],
+        response_metadata=_metadata(result, model_name),
+        usage_metadata=usage_metadata(result.usage),
+        chunk_position="last",
+    )
+
+
+def _json(arguments: dict[str, Any]) -> str:
+    return json.dumps(arguments, ensure_ascii=False)

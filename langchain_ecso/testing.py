@@ -1,0 +1,75 @@
+"""``ScriptedChatModel``: a LangChain chat model that replies from a script, for tests and examples.
+
+Unlike LangChain's fake chat models it supports ``bind_tools``, so agents (``create_agent``) and
+``ECSOMiddleware`` can be tested with it, and it records every call with its keyword arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import ConfigDict, Field
+
+__all__ = ["ScriptedChatModel"]
+
+
+def _default_reply(messages: list[BaseMessage]) -> str:
+    return "Hello! This is a scripted answer."
+
+
+class ScriptedChatModel(BaseChatModel):
+    """Replies with ``reply(messages, **kwargs)`` (or ``reply(messages)``): a string or an ``AIMessage``.
+
+    Every call is appended to :attr:`calls` as ``(messages, kwargs)``; bound tools arrive in
+    ``kwargs["tools"]``. Usage metadata is a rough count (characters / 4). ``logprobs=True`` marks
+    the model as one that returns log-probabilities (put them in the reply's ``response_metadata``).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    reply: Callable[..., Any] = _default_reply
+    """The script: a function of the messages (and keyword arguments)."""
+    calls: list[tuple[list[BaseMessage], dict[str, Any]]] = Field(default_factory=list)
+    """Every call received, in order."""
+    logprobs: bool = False
+    """Declare that replies carry log-probabilities."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted-chat"
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.calls.append((messages, {"stop": stop, **kwargs}))
+        try:
+            out = self.reply(messages, **kwargs)
+        except TypeError:
+            out = self.reply(messages)
+        if isinstance(out, str):
+            text = out
+            if stop:
+                for word in stop:
+                    text = text.split(word)[0]
+            out = AIMessage(content=text)
+        tokens = sum(len(str(m.content)) for m in messages) // 4 + 1
+        out.usage_metadata = {
+            "input_tokens": tokens,
+            "output_tokens": len(str(out.content)) // 4 + 1,
+            "total_tokens": tokens + len(str(out.content)) // 4 + 1,
+        }
+        return ChatResult(generations=[ChatGeneration(message=out)])
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
+        """Bind tools (converted to OpenAI format); they reach the script as ``kwargs["tools"]``."""
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
