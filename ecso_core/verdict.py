@@ -7,14 +7,23 @@ reads the reply's leading word; anything else is *unparseable* and the guard fai
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from .types import YesNoScore
+from .types import TokenUsage, YesNoScore
 
-__all__ = ["Verdict", "parse_verdict_text", "verdict_from_score", "verdict_from_text"]
+__all__ = [
+    "Verdict",
+    "parse_verdict_text",
+    "score_from_text",
+    "score_from_tokens",
+    "verdict_from_score",
+    "verdict_from_text",
+]
 
 _LEADING_WORD = re.compile(r"^[\s\"'`*_(\[]*([A-Za-z]+)")
 
@@ -68,3 +77,24 @@ def verdict_from_score(score: YesNoScore, threshold: float) -> Verdict:
         return Verdict(unsafe=None, method="failed", error="P(yes) + P(no) is zero")
     p_yes = score.p_yes / mass
     return Verdict(unsafe=p_yes >= threshold, method="probability", p_yes=p_yes)
+
+
+def score_from_tokens(candidates: Iterable[tuple[str, float]], prompt_tokens: int = 0) -> YesNoScore:
+    """P(yes) and P(no) from first-token alternatives ``(token, logprob)``, spellings summed."""
+    p_yes = p_no = 0.0
+    for token, logprob in candidates:
+        word = token.strip().lower()
+        if word in ("yes", "no"):
+            probability = math.exp(logprob)
+            p_yes, p_no = (p_yes + probability, p_no) if word == "yes" else (p_yes, p_no + probability)
+    return YesNoScore(p_yes=min(p_yes, 1.0), p_no=min(p_no, 1.0), usage=TokenUsage(prompt_tokens=prompt_tokens))
+
+
+def score_from_text(reply: str) -> YesNoScore:
+    """A degenerate score (1 / 0) from a reply's leading word, for models that give no probabilities.
+
+    "yes" gives P(yes)=1, "no" gives P(no)=1, anything else gives 0 / 0: no verdict, so the guard
+    fails closed.
+    """
+    unsafe = parse_verdict_text(reply)
+    return YesNoScore(p_yes=float(unsafe is True), p_no=float(unsafe is False))

@@ -15,6 +15,7 @@ from ecso_core.backends.base import BackendBase, BackendCapabilities
 from ecso_core.backends.openai import score_from_logprobs
 from ecso_core.guard import current_step
 from ecso_core.types import ChatReply, ChatRequest, YesNoScore
+from ecso_core.verdict import score_from_text
 
 from ._convert import reply_from_ai_message, to_langchain_messages
 
@@ -100,8 +101,7 @@ class LangChainBackend(BackendBase):
         if self._logprobs == "auto":  # the model sent none: later checks are read from text
             with self._lock:
                 self.capabilities = self.capabilities.model_copy(update={"score_yes_no": False})
-        word = reply.text.strip().split(maxsplit=1)[0].strip(".,!\"'*").lower() if reply.text.strip() else ""
-        return YesNoScore(p_yes=float(word == "yes"), p_no=float(word == "no"))
+        return score_from_text(reply.text)
 
     def _groups(self, requests: Sequence[ChatRequest]) -> list[tuple[Runnable[Any, Any], list[int]]]:
         keyed: dict[str, list[int]] = {}

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import BackendError, BackendTimeoutError, BackendUnavailableError
 from ..images import image_to_data_url, load_image
 from ..types import ChatReply, ChatRequest, ImagePart, TextPart, TokenUsage, ToolCall, YesNoScore
+from ..verdict import score_from_text, score_from_tokens
 from .base import BackendBase, BackendCapabilities, check_capabilities
 
 __all__ = [
@@ -157,15 +158,8 @@ def score_from_logprobs(logprobs: Any, prompt_tokens: int = 0) -> YesNoScore | N
         candidates = first.get("top_logprobs") or [first]
     except (KeyError, IndexError, TypeError):
         return None
-    p_yes = p_no = 0.0
-    for candidate in candidates:
-        word = str(candidate.get("token", "")).strip().lower()
-        probability = math.exp(float(candidate.get("logprob", -math.inf)))
-        if word == "yes":
-            p_yes += probability
-        elif word == "no":
-            p_no += probability
-    return YesNoScore(p_yes=min(p_yes, 1.0), p_no=min(p_no, 1.0), usage=TokenUsage(prompt_tokens=prompt_tokens))
+    pairs = ((str(c.get("token", "")), float(c.get("logprob", -math.inf))) for c in candidates)
+    return score_from_tokens(pairs, prompt_tokens)
 
 
 def score_from_payload(body: dict[str, Any]) -> YesNoScore | None:
@@ -259,8 +253,7 @@ class OpenAIBackend(BackendBase):
         if self.settings.logprobs == "auto":
             with self._lock:  # later requests ask for text verdicts instead
                 self.capabilities = self.capabilities.model_copy(update={"score_yes_no": False})
-        word = from_payload(body).text.strip().strip(".,!\"'*").lower()
-        return YesNoScore(p_yes=float(word == "yes"), p_no=float(word == "no"))
+        return score_from_text(from_payload(body).text)
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         for attempt in range(self.settings.max_retries + 1):

@@ -1,0 +1,146 @@
+"""Any LlamaIndex LLM that accepts image blocks as an ecso backend."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from llama_index.core.base.llms.types import ChatResponse
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.llms import LLM
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+
+from ecso_core.backends.base import BackendBase, BackendCapabilities
+from ecso_core.guard import current_step
+from ecso_core.types import ChatReply, ChatRequest, YesNoScore
+from ecso_core.verdict import score_from_text, score_from_tokens
+
+from ._convert import reply_from_chat_response, to_llamaindex_messages
+
+__all__ = ["ECSOStepEndEvent", "ECSOStepStartEvent", "LlamaIndexBackend"]
+
+dispatcher = get_dispatcher(__name__)
+
+
+class ECSOStepStartEvent(BaseEvent):
+    """An ECSO step's model call starts (one per request in the call)."""
+
+    step: str
+    model: str
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Event name."""
+        return "ECSOStepStartEvent"
+
+
+class ECSOStepEndEvent(BaseEvent):
+    """An ECSO step's model call ended, with the reply text."""
+
+    step: str
+    output: str
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Event name."""
+        return "ECSOStepEndEvent"
+
+
+class LlamaIndexBackend(BackendBase):
+    """Calls a LlamaIndex LLM for each ECSO step; each call is a span with start/end step events.
+
+    Args:
+        llm: the LlamaIndex LLM (multimodal for image requests).
+        tools: the LlamaIndex tools that requests may name (``BaseTool`` objects by name); requests
+            carry OpenAI-format definitions, the LLM gets the objects back.
+        logprobs: read the check from ``ChatResponse.logprobs``: ``"auto"`` when the LLM was built
+            with ``logprobs=True``, ``"never"`` or ``"always"``.
+        max_images: declared image limit (None: unknown).
+
+    """
+
+    def __init__(
+        self,
+        llm: LLM,
+        *,
+        tools: Sequence[Any] = (),
+        logprobs: Literal["auto", "always", "never"] = "auto",
+        max_images: int | None = None,
+    ) -> None:
+        self.llm = llm
+        self.tools = {tool.metadata.name: tool for tool in tools}
+        self.name = str(llm.metadata.model_name)
+        self._logprobs = logprobs
+        scores = logprobs == "always" or (logprobs == "auto" and bool(getattr(llm, "logprobs", False)))
+        self.capabilities = BackendCapabilities(
+            score_yes_no=scores, max_images=max_images, tools=isinstance(llm, FunctionCallingLLM)
+        )
+        self._lock = threading.Lock()
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
+        """One reply per request, in order."""
+        return [self._call(request) for request in requests]
+
+    async def agenerate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
+        """All requests concurrently."""
+        return list(await asyncio.gather(*(self._acall(request) for request in requests)))
+
+    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
+        """Yes/no probabilities from the first token's log-probabilities (text fallback)."""
+        return [self._score(reply) for reply in self.generate(requests)]
+
+    async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
+        """Async :meth:`score_yes_no`."""
+        return [self._score(reply) for reply in await self.agenerate(requests)]
+
+    @dispatcher.span
+    def _call(self, request: ChatRequest) -> ChatReply:
+        step = current_step() or "call"
+        dispatcher.event(ECSOStepStartEvent(step=step, model=self.name))
+        messages, tools = to_llamaindex_messages(request), self._tools(request)
+        if tools:
+            response = self.llm.chat_with_tools(  # type: ignore[attr-defined]
+                tools, chat_history=messages, tool_required=request.tool_choice == "required"
+            )
+        else:
+            response = self.llm.chat(messages)
+        reply = self._reply(response, bool(tools))
+        dispatcher.event(ECSOStepEndEvent(step=step, output=reply.as_check_text()))
+        return reply
+
+    @dispatcher.span
+    async def _acall(self, request: ChatRequest) -> ChatReply:
+        step = current_step() or "call"
+        dispatcher.event(ECSOStepStartEvent(step=step, model=self.name))
+        messages, tools = to_llamaindex_messages(request), self._tools(request)
+        if tools:
+            response = await self.llm.achat_with_tools(  # type: ignore[attr-defined]
+                tools, chat_history=messages, tool_required=request.tool_choice == "required"
+            )
+        else:
+            response = await self.llm.achat(messages)
+        reply = self._reply(response, bool(tools))
+        dispatcher.event(ECSOStepEndEvent(step=step, output=reply.as_check_text()))
+        return reply
+
+    def _tools(self, request: ChatRequest) -> list[Any]:
+        names = [tool.get("function", {}).get("name") for tool in request.tools]
+        return [self.tools[name] for name in names if name in self.tools]
+
+    def _reply(self, response: ChatResponse, with_tools: bool) -> ChatReply:
+        calls: list[Any] = []
+        if with_tools and isinstance(self.llm, FunctionCallingLLM):
+            calls = self.llm.get_tool_calls_from_response(response, error_on_no_tool_call=False)
+        return reply_from_chat_response(response, calls)
+
+    def _score(self, reply: ChatReply) -> YesNoScore:
+        logprobs = getattr(reply.raw, "logprobs", None)
+        if logprobs:
+            return score_from_tokens(((c.token, c.logprob) for c in logprobs[0]), reply.usage.prompt_tokens)
+        if self._logprobs == "auto":  # none sent: later checks are read from text
+            with self._lock:
+                self.capabilities = self.capabilities.model_copy(update={"score_yes_no": False})
+        return score_from_text(reply.text)

@@ -1,0 +1,221 @@
+"""``ECSOMultiModalLLM``: ECSO as a LlamaIndex LLM that takes ``ImageBlock``s."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+    ToolCallBlock,
+)
+from llama_index.core.llms import LLM
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+from pydantic import ConfigDict, Field, model_validator
+
+from ecso_core.backends.base import VisionChatBackend
+from ecso_core.config import ECSOConfig
+from ecso_core.guard import ECSO, StreamEnd, TextDelta
+from ecso_core.types import ChatRequest, GenerationParams
+
+from ._convert import chat_response, to_ecso_request
+from .backend import LlamaIndexBackend
+
+__all__ = ["ECSOMultiModalLLM"]
+
+
+class ECSOMultiModalLLM(FunctionCallingLLM):
+    """A LlamaIndex LLM guarded by ECSO ("Eyes Closed, Safety On").
+
+    Wrap any LlamaIndex LLM (``ECSOMultiModalLLM(llm=OpenAI(model="gpt-4o"))``) or an ecso backend
+    (``ECSOMultiModalLLM(backend=load_backend("hf:..."))``) and use it as ``Settings.llm``, in chat
+    engines, multimodal query engines and agents. Images arrive as ``ImageBlock``s; the guard's image
+    policy applies before anything reads them. Responses carry ``additional_kwargs["ecso"]``.
+
+    It is a function-calling LLM: ``metadata.is_function_calling_model`` follows the wrapped model, so
+    ``FunctionAgent`` works exactly when the wrapped LLM can call tools (``ReActAgent`` always works).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    llm: Any = Field(default=None, description="The LlamaIndex LLM to guard.")
+    backend: Any = Field(default=None, description="Or: an ecso VisionChatBackend to guard.")
+    judge: Any = Field(default=None, description="Optional separate LLM or backend for the self-check.")
+    config: ECSOConfig = Field(default_factory=ECSOConfig, description="The guard's configuration.")
+    max_tokens: int | None = Field(default=None, description="Most new tokens per answer (ecso backends).")
+
+    @model_validator(mode="after")
+    def _one_model(self) -> ECSOMultiModalLLM:
+        if (self.llm is None) == (self.backend is None):
+            raise ValueError("ECSOMultiModalLLM needs exactly one of llm= (a LlamaIndex LLM) or backend=")
+        if self.llm is not None and not isinstance(self.llm, LLM):
+            raise ValueError("llm= must be a LlamaIndex LLM")
+        if self.backend is not None and not isinstance(self.backend, VisionChatBackend):
+            raise ValueError("backend= must be an ecso VisionChatBackend (see ecso_core.load_backend)")
+        return self
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Name used by LlamaIndex serialisation and tracing."""
+        return "ECSOMultiModalLLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        """The wrapped model's metadata, as a chat model, under an ``ecso(...)`` name."""
+        if self.llm is not None:
+            inner = self.llm.metadata
+            return LLMMetadata(
+                context_window=inner.context_window,
+                num_output=inner.num_output,
+                is_chat_model=True,
+                is_function_calling_model=inner.is_function_calling_model,
+                model_name=f"ecso({inner.model_name})",
+            )
+        return LLMMetadata(
+            is_chat_model=True,
+            is_function_calling_model=self.backend.capabilities.tools,
+            model_name=f"ecso({self.backend.name})",
+        )
+
+    # ---- chat -----------------------------------------------------------------------------------
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """Guarded chat."""
+        guard, request = self._prepare(messages, kwargs)
+        return chat_response(guard.run(request))
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """Guarded async chat."""
+        guard, request = self._prepare(messages, kwargs)
+        return chat_response(await guard.arun(request))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        """Guarded streaming chat: nothing is emitted before the verdict."""
+        guard, request = self._prepare(messages, kwargs)
+
+        def gen() -> ChatResponseGen:
+            text = ""
+            for event in guard.stream(request):
+                if isinstance(event, TextDelta):
+                    text += event.text
+                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=event.text)
+                elif isinstance(event, StreamEnd):
+                    yield chat_response(event.result, delta="")
+
+        return gen()
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        """Guarded async streaming chat."""
+        guard, request = self._prepare(messages, kwargs)
+
+        async def gen() -> ChatResponseAsyncGen:
+            text = ""
+            async for event in guard.astream(request):
+                if isinstance(event, TextDelta):
+                    text += event.text
+                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=event.text)
+                elif isinstance(event, StreamEnd):
+                    yield chat_response(event.result, delta="")
+
+        return gen()
+
+    # ---- completion -------------------------------------------------------------------------------
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """Guarded completion of a text prompt (a single user turn)."""
+        return _completion(self.chat([ChatMessage(role=MessageRole.USER, content=prompt)], **kwargs))
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """Async :meth:`complete`."""
+        return _completion(await self.achat([ChatMessage(role=MessageRole.USER, content=prompt)], **kwargs))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        """Streaming :meth:`complete`."""
+        responses = self.stream_chat([ChatMessage(role=MessageRole.USER, content=prompt)], **kwargs)
+        return (_completion(r) for r in responses)
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        """Async streaming :meth:`complete`."""
+        responses = await self.astream_chat([ChatMessage(role=MessageRole.USER, content=prompt)], **kwargs)
+
+        async def gen() -> CompletionResponseAsyncGen:
+            async for response in responses:
+                yield _completion(response)
+
+        return gen()
+
+    # ---- tools ------------------------------------------------------------------------------------
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[Any],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        messages = list(chat_history or [])
+        if user_msg is not None:
+            messages.append(
+                ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str) else user_msg
+            )
+        return {"messages": messages, "tools": list(tools), "tool_required": tool_required, **kwargs}
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """The guarded answer's tool calls (those of a step-1 answer that passed the check)."""
+        calls = [
+            ToolSelection(tool_id=b.tool_call_id or "", tool_name=b.tool_name, tool_kwargs=b.tool_kwargs)
+            for b in response.message.blocks
+            if isinstance(b, ToolCallBlock)
+        ]
+        if not calls and error_on_no_tool_call:
+            raise ValueError(f"expected at least one tool call, got: {response.message.content!r}")
+        return calls
+
+    # ---- internals --------------------------------------------------------------------------------
+
+    def _prepare(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> tuple[ECSO, ChatRequest]:
+        tools = list(kwargs.get("tools") or [])
+        backend = LlamaIndexBackend(self.llm, tools=tools) if self.llm is not None else self.backend
+        judge = self.judge
+        if judge is not None and not isinstance(judge, VisionChatBackend):
+            judge = LlamaIndexBackend(judge)
+        params = GenerationParams(max_new_tokens=self.max_tokens or GenerationParams().max_new_tokens)
+        request = to_ecso_request(
+            messages,
+            tools=[tool.metadata.to_openai_tool() for tool in tools],
+            tool_choice="required" if kwargs.get("tool_required") else None,
+            params=params,
+        )
+        return ECSO(backend, self.config, judge=judge), request
+
+
+def _completion(response: ChatResponse) -> CompletionResponse:
+    return CompletionResponse(
+        text=response.message.content or "",
+        delta=response.delta,
+        additional_kwargs=response.additional_kwargs,
+        raw=response.raw,
+    )
