@@ -17,6 +17,7 @@ from llama_index.core.base.llms.types import (
     TextBlock,
     ToolCallBlock,
 )
+from llama_index.core.llms.llm import ToolSelection
 from PIL import Image
 
 from ecso_core.errors import MessageError
@@ -24,7 +25,13 @@ from ecso_core.images import load_image
 from ecso_core.result import ECSOResult
 from ecso_core.types import ChatReply, ChatRequest, GenerationParams, ImagePart, Message, TextPart, TokenUsage, ToolCall
 
-__all__ = ["chat_response", "reply_from_chat_response", "to_ecso_request", "to_llamaindex_messages"]
+__all__ = [
+    "chat_response",
+    "reply_from_chat_response",
+    "to_ecso_request",
+    "to_llamaindex_messages",
+    "tool_selections",
+]
 
 _ROLES = {
     MessageRole.SYSTEM: "system",
@@ -174,3 +181,20 @@ def chat_response(result: ECSOResult, delta: str | None = None, text: str | None
         },
         raw=result.model_dump(mode="json"),
     )
+
+
+def tool_selections(response: ChatResponse, error_on_no_tool_call: bool = False) -> list[ToolSelection]:
+    """The ``ToolCallBlock``s of a response as LlamaIndex ``ToolSelection``s.
+
+    Raises:
+        ValueError: there is none and ``error_on_no_tool_call`` is set.
+
+    """
+    calls = [
+        ToolSelection(tool_id=b.tool_call_id or "", tool_name=b.tool_name, tool_kwargs=b.tool_kwargs)
+        for b in response.message.blocks
+        if isinstance(b, ToolCallBlock)
+    ]
+    if not calls and error_on_no_tool_call:
+        raise ValueError(f"expected at least one tool call, got: {response.message.content!r}")
+    return calls

@@ -15,7 +15,6 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
     MessageRole,
-    ToolCallBlock,
 )
 from llama_index.core.llms import LLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
@@ -28,7 +27,7 @@ from ecso_core.config import ECSOConfig
 from ecso_core.guard import ECSO, StreamEnd, TextDelta
 from ecso_core.types import ChatRequest, GenerationParams
 
-from ._convert import chat_response, to_ecso_request
+from ._convert import chat_response, to_ecso_request, tool_selections
 from .backend import LlamaIndexBackend
 
 __all__ = ["ECSOMultiModalLLM"]
@@ -184,15 +183,8 @@ class ECSOMultiModalLLM(FunctionCallingLLM):
     def get_tool_calls_from_response(
         self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
     ) -> list[ToolSelection]:
-        """The guarded answer's tool calls (those of a step-1 answer that passed the check)."""
-        calls = [
-            ToolSelection(tool_id=b.tool_call_id or "", tool_name=b.tool_name, tool_kwargs=b.tool_kwargs)
-            for b in response.message.blocks
-            if isinstance(b, ToolCallBlock)
-        ]
-        if not calls and error_on_no_tool_call:
-            raise ValueError(f"expected at least one tool call, got: {response.message.content!r}")
-        return calls
+        """The response's tool calls (its ``ToolCallBlock``s)."""
+        return tool_selections(response, error_on_no_tool_call)
 
     # ---- internals --------------------------------------------------------------------------------
 
