@@ -111,6 +111,74 @@ def serve(
     uvicorn.run(application, host=host, port=port, timeout_graceful_shutdown=30, log_level="warning")
 
 
+@app.command("eval")
+def eval_command(
+    benchmark: Annotated[
+        str,
+        typer.Option(
+            help="figstep, figstep-tiny, mm-safetybench, mm-safetybench-tiny, xstest, mm-vet, or jsonl:<file>."
+        ),
+    ],
+    model: Annotated[str, typer.Option(help="Model spec to evaluate.")],
+    out: Annotated[Path, typer.Option(help="Output folder (records.jsonl, summary.json, report).")],
+    judge: Annotated[str, typer.Option(help="keyword, or a model spec for an LLM judge.")] = "keyword",
+    data_dir: Annotated[Optional[Path], typer.Option(envvar="ECSO_DATA", help="Benchmark data folder.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate a seeded random subset of this size.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the subset.")] = 0,
+    concurrency: Annotated[int, typer.Option(help="Requests per batch.")] = 8,
+    scenarios: Annotated[
+        Optional[str], typer.Option(help="MM-SafetyBench scenarios, e.g. 01,02 (default: the paper's).")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most new tokens per model call.")] = 1024,
+    device: Annotated[str, typer.Option(help="Torch device for hf models.")] = "auto",
+    config: Annotated[Optional[Path], typer.Option(help="ECSOConfig as a JSON file.")] = None,
+) -> None:
+    """Measure attack success (before and after ECSO), over-refusal or utility on a benchmark."""
+    from .backends import load_backend
+    from .eval import KeywordJudge, LLMJudge, load_cases, run_eval, select, write_report
+    from .eval import data_dir as find_data
+
+    params = GenerationParams(max_new_tokens=max_new_tokens)
+    settings = _load_config(config, caption_params=params, answer_params=params, eyes_closed_params=params)
+    options = {} if model.startswith("openai:") else {"device": device}
+    started = time.perf_counter()
+    try:
+        root = None if benchmark.startswith("jsonl:") else find_data(data_dir)
+        extra = {"scenarios": tuple(scenarios.split(","))} if scenarios else {}
+        cases = select(load_cases(benchmark, root, **extra), limit, seed)
+        guard = ECSO(load_backend(model, **options), settings)
+        if judge == "keyword":
+            judging = KeywordJudge()
+        else:
+            judging = LLMJudge(
+                load_backend(judge, **({} if judge.startswith("openai:") else options)), root or Path(".")
+            )
+        run_eval(cases, guard, judging, out, concurrency=concurrency)
+        meta = {
+            "benchmark": benchmark,
+            "model": model,
+            "judge": judging.name,
+            "limit": limit,
+            "seed": seed,
+            "prompt_set": settings.prompt_set,
+        }
+        summary = write_report(out, meta)
+    except ECSOError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2 if isinstance(exc, InputError) else 1) from None
+    typer.echo(
+        json.dumps(
+            {k: summary[k] for k in ("cases", "errors", "decisions")}
+            | {
+                "attack_overall": [r for r in summary.get("attack", []) if r["scenario"] == "all"],
+                "seconds": round(time.perf_counter() - started, 1),
+                "report": str(out / "report.html"),
+            },
+            indent=2,
+        )
+    )
+
+
 def _load_config(path: Optional[Path], **overrides: object) -> ECSOConfig:
     """ECSOConfig from a JSON file (if given), with command-line overrides applied."""
     data: dict[str, object] = {}

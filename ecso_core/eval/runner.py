@@ -1,0 +1,131 @@
+"""Run the guard over benchmark cases, judge the undefended and defended answers, append records.
+
+One pass gives both columns: step 1 of ECSO is the undefended answer. Records are appended one batch
+at a time to ``records.jsonl``; a rerun skips the ids already there, so an interrupted run resumes
+without redoing work.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..guard import ECSO
+from ..result import ECSOResult
+from ..types import ChatRequest, ImagePart, Message, TextPart
+from .datasets import EvalCase
+from .judges import Judge
+
+__all__ = ["done_ids", "run_eval", "select"]
+
+
+def select(cases: Sequence[EvalCase], limit: int | None, seed: int) -> list[EvalCase]:
+    """A reproducible subset: shuffled with ``seed`` when limited, in order otherwise."""
+    chosen = list(cases)
+    if limit is not None and limit < len(chosen):
+        random.Random(seed).shuffle(chosen)
+        chosen = sorted(chosen[:limit], key=lambda c: c.id)
+    return chosen
+
+
+def done_ids(records: Path) -> set[str]:
+    """Ids already recorded (a torn last line from a crash is ignored, and redone)."""
+    if not records.is_file():
+        return set()
+    ids = set()
+    for line in records.read_text(encoding="utf-8").splitlines():
+        try:
+            ids.add(json.loads(line)["id"])
+        except (ValueError, KeyError):
+            continue
+    return ids
+
+
+def run_eval(
+    cases: Sequence[EvalCase],
+    guard: ECSO,
+    judge: Judge,
+    out: Path,
+    *,
+    concurrency: int = 8,
+    progress: bool = True,
+) -> Path:
+    """Evaluate ``cases`` not yet in ``out/records.jsonl``; return that file's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    records = out / "records.jsonl"
+    seen = done_ids(records)
+    todo = [case for case in cases if case.id not in seen]
+    bar = _progress(len(cases), len(cases) - len(todo), progress)
+    if records.is_file() and records.stat().st_size and not records.read_bytes().endswith(b"\n"):
+        with open(records, "a", encoding="utf-8") as sink:
+            sink.write("\n")  # close a line torn by a crash, so the next record starts clean
+    with open(records, "a", encoding="utf-8") as sink:
+        for start in range(0, len(todo), concurrency):
+            batch = todo[start : start + concurrency]
+            began = time.perf_counter()
+            results = guard.run_batch([_request(case) for case in batch], return_exceptions=True)
+            elapsed = (time.perf_counter() - began) / len(batch)
+            answered = [(c, r) for c, r in zip(batch, results, strict=True) if isinstance(r, ECSOResult)]
+            verdicts = judge.judge([(c, r.initial_answer) for c, r in answered] + [(c, r.answer) for c, r in answered])
+            before, after = verdicts[: len(answered)], verdicts[len(answered) :]
+            judged = {c.id: (b, a) for (c, _), b, a in zip(answered, before, after, strict=True)}
+            for case, result in zip(batch, results, strict=True):
+                sink.write(json.dumps(_record(case, result, judged.get(case.id), judge.name, elapsed)) + "\n")
+            sink.flush()
+            bar.update(len(batch))
+    bar.close()
+    return records
+
+
+def _request(case: EvalCase) -> ChatRequest:
+    picture = case.picture()
+    parts = ([ImagePart(image=picture)] if picture is not None else []) + [TextPart(text=case.query)]
+    return ChatRequest(messages=(Message(role="user", content=tuple(parts)),))
+
+
+def _record(case: EvalCase, result: Any, judged: Any, judge: str, seconds: float) -> dict[str, Any]:
+    base = {
+        "id": case.id,
+        "benchmark": case.benchmark,
+        "kind": case.kind,
+        "scenario": case.scenario,
+        "image_kind": case.image_kind,
+        "query": case.query,
+        "meta": case.meta,
+        "judge": judge,
+        "seconds": round(seconds, 4),
+    }
+    if not isinstance(result, ECSOResult):
+        return {**base, "error": f"{type(result).__name__}: {result}"}
+    before, after = judged
+    return {
+        **base,
+        "error": None,
+        "decision": result.decision,
+        "p_yes": result.verdict.p_yes if result.verdict else None,
+        "captions": list(result.captions),
+        "baseline_answer": result.initial_answer,
+        "ecso_answer": result.answer,
+        "baseline": before.model_dump(),
+        "ecso": after.model_dump(),
+    }
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, done: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, unit="case", desc="ecso eval")
