@@ -179,6 +179,85 @@ def eval_command(
     )
 
 
+datagen_app = typer.Typer(help="Generate supervised fine-tuning data with ECSO.", invoke_without_command=True)
+app.add_typer(datagen_app, name="datagen")
+
+
+@datagen_app.callback()
+def datagen(
+    ctx: typer.Context,
+    benchmark: Annotated[Optional[str], typer.Option(help="A benchmark name (see ecso eval).")] = None,
+    input_file: Annotated[Optional[Path], typer.Option("--input", help="JSONL of {image, query} pairs.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model spec to run ECSO with.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (rerun to resume).")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(envvar="ECSO_DATA", help="Benchmark data folder.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use a seeded random subset of this size.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the subset.")] = 0,
+    shard: Annotated[str, typer.Option(help="i/N: handle shard i of N (disjoint by pair hash).")] = "0/1",
+    safe_fraction: Annotated[float, typer.Option(help="Share of safe pairs to keep unchanged.")] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Pairs per batched run.")] = 8,
+    formats: Annotated[str, typer.Option(help="llava, messages, or both (comma-separated).")] = "llava,messages",
+    max_new_tokens: Annotated[int, typer.Option(help="Most new tokens per model call.")] = 1024,
+    device: Annotated[str, typer.Option(help="Torch device for hf models.")] = "auto",
+    config: Annotated[Optional[Path], typer.Option(help="ECSOConfig as a JSON file.")] = None,
+) -> None:
+    """Run ECSO over (image, query) pairs and write SFT records: --benchmark NAME | --input FILE, --model, --out."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .backends import load_backend
+    from .datagen import generate_sft
+    from .eval import data_dir as find_data
+    from .eval import load_cases, select
+
+    if model is None or out is None or (benchmark is None) == (input_file is None):
+        typer.echo("error: give --model, --out and exactly one of --benchmark or --input", err=True)
+        raise typer.Exit(code=2)
+    try:
+        index, count = (int(x) for x in shard.split("/"))
+        if not 0 <= index < count:
+            raise ValueError
+    except ValueError:
+        typer.echo(f"error: --shard must be i/N with 0 <= i < N, got {shard!r}", err=True)
+        raise typer.Exit(code=2) from None
+    params = GenerationParams(max_new_tokens=max_new_tokens)
+    settings = _load_config(config, caption_params=params, answer_params=params, eyes_closed_params=params)
+    options = {} if model.startswith("openai:") else {"device": device}
+    try:
+        source = f"jsonl:{input_file}" if input_file else str(benchmark)
+        root = None if input_file else find_data(data_dir)
+        cases = select(load_cases(source, root), limit, seed)
+        guard = ECSO(load_backend(model, **options), settings)
+        manifest = generate_sft(
+            cases,
+            guard,
+            out,
+            shard=(index, count),
+            safe_fraction=safe_fraction,
+            batch_size=batch_size,
+            formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+            model=model,  # type: ignore[arg-type]
+        )
+    except ECSOError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2 if isinstance(exc, InputError) else 1) from None
+    typer.echo(json.dumps({k: manifest[k] for k in ("records", "outcomes", "duplicates_skipped")}, indent=2))
+
+
+@datagen_app.command("validate")
+def datagen_validate(folder: Annotated[Path, typer.Argument(help="A datagen output folder.")]) -> None:
+    """Check every record and image of a datagen output folder."""
+    from .datagen import validate_sft
+
+    problems = validate_sft(folder)
+    for problem in problems[:50]:
+        typer.echo(problem, err=True)
+    if problems:
+        typer.echo(f"invalid: {len(problems)} problem(s)", err=True)
+        raise typer.Exit(code=1)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    typer.echo(f"valid: {manifest['records']}")
+
+
 def _load_config(path: Optional[Path], **overrides: object) -> ECSOConfig:
     """ECSOConfig from a JSON file (if given), with command-line overrides applied."""
     data: dict[str, object] = {}

@@ -1,4 +1,7 @@
-"""Every Python example in README.md and docs/ runs; README's commands match CI's."""
+"""Every Python example in README.md and docs/ runs; README's commands match CI's.
+
+Blocks fenced as ```python are executed; ```py marks an example that needs a GPU or a network (shown, not run).
+"""
 
 from __future__ import annotations
 

@@ -7,13 +7,14 @@ without redoing work.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._jsonl import append_lines, recorded_ids
+from .._progress import progress_bar
 from ..guard import ECSO
 from ..result import ECSOResult
 from ..types import ChatRequest, ImagePart, Message, TextPart
@@ -34,15 +35,7 @@ def select(cases: Sequence[EvalCase], limit: int | None, seed: int) -> list[Eval
 
 def done_ids(records: Path) -> set[str]:
     """Ids already recorded (a torn last line from a crash is ignored, and redone)."""
-    if not records.is_file():
-        return set()
-    ids = set()
-    for line in records.read_text(encoding="utf-8").splitlines():
-        try:
-            ids.add(json.loads(line)["id"])
-        except (ValueError, KeyError):
-            continue
-    return ids
+    return recorded_ids(records)
 
 
 def run_eval(
@@ -59,24 +52,21 @@ def run_eval(
     records = out / "records.jsonl"
     seen = done_ids(records)
     todo = [case for case in cases if case.id not in seen]
-    bar = _progress(len(cases), len(cases) - len(todo), progress)
-    if records.is_file() and records.stat().st_size and not records.read_bytes().endswith(b"\n"):
-        with open(records, "a", encoding="utf-8") as sink:
-            sink.write("\n")  # close a line torn by a crash, so the next record starts clean
-    with open(records, "a", encoding="utf-8") as sink:
-        for start in range(0, len(todo), concurrency):
-            batch = todo[start : start + concurrency]
-            began = time.perf_counter()
-            results = guard.run_batch([_request(case) for case in batch], return_exceptions=True)
-            elapsed = (time.perf_counter() - began) / len(batch)
-            answered = [(c, r) for c, r in zip(batch, results, strict=True) if isinstance(r, ECSOResult)]
-            verdicts = judge.judge([(c, r.initial_answer) for c, r in answered] + [(c, r.answer) for c, r in answered])
-            before, after = verdicts[: len(answered)], verdicts[len(answered) :]
-            judged = {c.id: (b, a) for (c, _), b, a in zip(answered, before, after, strict=True)}
-            for case, result in zip(batch, results, strict=True):
-                sink.write(json.dumps(_record(case, result, judged.get(case.id), judge.name, elapsed)) + "\n")
-            sink.flush()
-            bar.update(len(batch))
+    bar = progress_bar(len(cases), len(cases) - len(todo), progress, desc="ecso eval")
+    for start in range(0, len(todo), concurrency):
+        batch = todo[start : start + concurrency]
+        began = time.perf_counter()
+        results = guard.run_batch([_request(case) for case in batch], return_exceptions=True)
+        elapsed = (time.perf_counter() - began) / len(batch)
+        answered = [(c, r) for c, r in zip(batch, results, strict=True) if isinstance(r, ECSOResult)]
+        verdicts = judge.judge([(c, r.initial_answer) for c, r in answered] + [(c, r.answer) for c, r in answered])
+        before, after = verdicts[: len(answered)], verdicts[len(answered) :]
+        judged = {c.id: (b, a) for (c, _), b, a in zip(answered, before, after, strict=True)}
+        append_lines(
+            records,
+            (_record(c, r, judged.get(c.id), judge.name, elapsed) for c, r in zip(batch, results, strict=True)),
+        )
+        bar.update(len(batch))
     bar.close()
     return records
 
@@ -113,19 +103,3 @@ def _record(case: EvalCase, result: Any, judged: Any, judge: str, seconds: float
         "baseline": before.model_dump(),
         "ecso": after.model_dump(),
     }
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, done: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=done, unit="case", desc="ecso eval")
