@@ -46,6 +46,22 @@ def requests(count: int, max_new_tokens: int, seed: int) -> list[ChatRequest]:
     return out
 
 
+def machine() -> dict[str, object]:
+    """Where a benchmark ran: interpreter, libraries, cores, threads, GPU."""
+    import torch
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+    }
+
+
 def timed(function, items) -> float:  # noqa: ANN001
     start = time.perf_counter()
     for item in items:
@@ -82,9 +98,6 @@ def main() -> None:
     probe = requests(1, args.max_new_tokens, next(seeds))[0]
     decisions = {"benign": benign.run(probe).decision, "unsafe": unsafe.run(probe).decision}
     median = {k: statistics.median(v) for k, v in runs.items()}
-    import torch
-    import transformers
-
     print(
         json.dumps(
             {
@@ -99,14 +112,7 @@ def main() -> None:
                 "unsafe_overhead": round(median["unsafe"] / median["plain"], 4),
                 "decisions": decisions,
                 "all_runs_s": {k: [round(x, 4) for x in v] for k, v in runs.items()},
-                "machine": {
-                    "python": platform.python_version(),
-                    "torch": torch.__version__,
-                    "transformers": transformers.__version__,
-                    "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform(),
-                },
+                "machine": machine(),
                 "note": "tiny-random: random weights, real geometry; measures cost ratios, never safety",
             },
             indent=2,

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -19,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import requests  # noqa: E402
+from overhead import machine, requests  # noqa: E402
 
 from ecso_core import ECSO, ECSOConfig, GenerationParams, load_backend  # noqa: E402
 
@@ -51,9 +49,6 @@ def main() -> None:
         results = guard.run_batch(work)
         batched.append(args.requests / (time.perf_counter() - start))
         decisions.update(r.decision for r in results)
-    import torch
-    import transformers
-
     print(
         json.dumps(
             {
@@ -67,13 +62,7 @@ def main() -> None:
                 "batched_requests_per_s": round(statistics.median(batched), 3),
                 "speedup": round(statistics.median(batched) / statistics.median(sequential), 3),
                 "decisions": dict(decisions),
-                "machine": {
-                    "python": platform.python_version(),
-                    "torch": torch.__version__,
-                    "transformers": transformers.__version__,
-                    "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(),
-                },
+                "machine": machine(),
                 "note": "tiny-random: random weights, real geometry; its verdicts are noise",
             },
             indent=2,

@@ -31,6 +31,7 @@ __all__ = [
     "to_ecso_request",
     "to_llamaindex_messages",
     "tool_selections",
+    "with_user_message",
 ]
 
 _ROLES = {
@@ -198,3 +199,13 @@ def tool_selections(response: ChatResponse, error_on_no_tool_call: bool = False)
     if not calls and error_on_no_tool_call:
         raise ValueError(f"expected at least one tool call, got: {response.message.content!r}")
     return calls
+
+
+def with_user_message(
+    chat_history: Sequence[ChatMessage] | None, user_msg: str | ChatMessage | None
+) -> list[ChatMessage]:
+    """``chat_history`` followed by ``user_msg`` (as LlamaIndex's ``chat_with_tools`` passes them)."""
+    messages = list(chat_history or [])
+    if user_msg is not None:
+        messages.append(ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str) else user_msg)
+    return messages

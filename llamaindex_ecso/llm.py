@@ -27,7 +27,7 @@ from ecso_core.config import ECSOConfig
 from ecso_core.guard import ECSO, StreamEnd, TextDelta
 from ecso_core.types import ChatRequest, GenerationParams
 
-from ._convert import chat_response, to_ecso_request, tool_selections
+from ._convert import chat_response, to_ecso_request, tool_selections, with_user_message
 from .backend import LlamaIndexBackend
 
 __all__ = ["ECSOMultiModalLLM"]
@@ -108,11 +108,9 @@ class ECSOMultiModalLLM(FunctionCallingLLM):
         def gen() -> ChatResponseGen:
             text = ""
             for event in guard.stream(request):
-                if isinstance(event, TextDelta):
-                    text += event.text
-                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=event.text)
-                elif isinstance(event, StreamEnd):
-                    yield chat_response(event.result, delta="")
+                text, response = _streamed(event, text)
+                if response is not None:
+                    yield response
 
         return gen()
 
@@ -124,11 +122,9 @@ class ECSOMultiModalLLM(FunctionCallingLLM):
         async def gen() -> ChatResponseAsyncGen:
             text = ""
             async for event in guard.astream(request):
-                if isinstance(event, TextDelta):
-                    text += event.text
-                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=event.text)
-                elif isinstance(event, StreamEnd):
-                    yield chat_response(event.result, delta="")
+                text, response = _streamed(event, text)
+                if response is not None:
+                    yield response
 
         return gen()
 
@@ -173,11 +169,7 @@ class ECSOMultiModalLLM(FunctionCallingLLM):
         tool_required: bool = False,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        messages = list(chat_history or [])
-        if user_msg is not None:
-            messages.append(
-                ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str) else user_msg
-            )
+        messages = with_user_message(chat_history, user_msg)
         return {"messages": messages, "tools": list(tools), "tool_required": tool_required, **kwargs}
 
     def get_tool_calls_from_response(
@@ -202,6 +194,16 @@ class ECSOMultiModalLLM(FunctionCallingLLM):
             params=params,
         )
         return ECSO(backend, self.config, judge=judge), request
+
+
+def _streamed(event: Any, text: str) -> tuple[str, ChatResponse | None]:
+    """The text so far and the response to emit for one guard stream event (None for progress events)."""
+    if isinstance(event, TextDelta):
+        text += event.text
+        return text, ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=event.text)
+    if isinstance(event, StreamEnd):
+        return text, chat_response(event.result, delta="")
+    return text, None
 
 
 def _completion(response: ChatResponse) -> CompletionResponse:

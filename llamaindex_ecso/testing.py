@@ -21,7 +21,7 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from pydantic import Field
 
-from ._convert import tool_selections
+from ._convert import tool_selections, with_user_message
 
 __all__ = ["ScriptedLLM"]
 
@@ -124,11 +124,7 @@ class ScriptedLLM(FunctionCallingLLM):
         tool_required: bool = False,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        messages = list(chat_history or [])
-        if user_msg is not None:
-            messages.append(
-                ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str) else user_msg
-            )
+        messages = with_user_message(chat_history, user_msg)
         return {"messages": messages, "tools": list(tools)}
 
     def get_tool_calls_from_response(
