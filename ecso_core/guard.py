@@ -125,12 +125,7 @@ class ECSO(BackendBase):
                 the first one (the other requests complete either way).
 
         """
-        events = self._events(requests)
-        while True:
-            try:
-                next(events)
-            except StopIteration as stop:
-                return _raise_first(stop.value, return_exceptions)
+        return _raise_first(_drain(self._events(requests)), return_exceptions)
 
     async def arun_batch(self, requests: Sequence[ChatRequest], *, return_exceptions: bool = False) -> Results:
         """Async :meth:`run_batch`."""
@@ -141,14 +136,8 @@ class ECSO(BackendBase):
 
     def stream(self, request: ChatRequest) -> Iterator[ECSOStreamEvent]:
         """Step events while deciding, then chunks of the final answer, then :class:`StreamEnd`."""
-        events = self._events([request])
-        while True:
-            try:
-                yield next(events)
-            except StopIteration as stop:
-                result = _single(stop.value)
-                break
-        yield from _answer_events(result)
+        results = yield from self._events([request])
+        yield from _answer_events(_single(results))
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[ECSOStreamEvent]:
         """Async :meth:`stream`."""
@@ -299,6 +288,15 @@ def _answer_events(result: ECSOResult) -> Iterator[ECSOStreamEvent]:
     for chunk in chunk_text(result.answer):
         yield TextDelta(text=chunk)
     yield StreamEnd(result=result)
+
+
+def _drain(events: Generator[StepEvent, None, Results]) -> Results:
+    """Run an event generator to its end and return its value."""
+    while True:
+        try:
+            next(events)
+        except StopIteration as stop:
+            return stop.value
 
 
 def _single(results: Results) -> ECSOResult:
