@@ -228,3 +228,16 @@ def test_load_backend_parses_openai_specs() -> None:
     model = load_backend("openai:llava-hf/llava-1.5-7b-hf@http://localhost:8000/v1")
     assert isinstance(model, OpenAIBackend)
     assert (model.settings.model, model.settings.base_url) == ("llava-hf/llava-1.5-7b-hf", "http://localhost:8000/v1")
+
+
+def test_aclose_closes_the_loops_client() -> None:
+    model = backend(Recorder(completion("x")))
+
+    async def use_and_close() -> bool:
+        await model.agenerate([ChatRequest(messages=(Message(role="user", content="hi"),))])
+        client = model._loop_state()[0]
+        await model.aclose()
+        return client.is_closed
+
+    assert asyncio.run(use_and_close()) is True
+    assert model._client.is_closed

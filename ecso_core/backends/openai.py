@@ -226,9 +226,17 @@ class OpenAIBackend(BackendBase):
         return [self._score(b) for b in await asyncio.gather(*(self._apost(b) for b in bodies))]
 
     def close(self) -> None:
-        """Close the HTTP clients and the worker pool."""
+        """Close the sync HTTP client and the worker pool (see :meth:`aclose` for the async clients)."""
         self._client.close()
         self._pool.shutdown(wait=False)
+
+    async def aclose(self) -> None:
+        """Close the async client of the running event loop, then the sync resources."""
+        with self._lock:
+            state = self._per_loop.pop(asyncio.get_running_loop(), None)
+        if state is not None:
+            await state[0].aclose()
+        self.close()
 
     # ---- internals ----------------------------------------------------------------------------
 
