@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import json
 import socket
 import threading
 import time
@@ -257,3 +258,42 @@ def test_chain_openai_backend_to_our_server_to_tiny_random() -> None:
         )
         (reply,) = through.generate([request])
         assert reply.raw["ecso"]["decision"] in ("safe", "unsafe", "fail_closed")
+
+
+def slow_script(request: ChatRequest) -> Any:
+    text = request.messages[-1].text
+    if "Answer yes or no" in text:
+        return "No"
+    time.sleep(0.4)
+    return BackendError("model crashed late") if "crash" in text else f"Answer: {text}"
+
+
+def test_slow_streams_start_with_keepalives_and_report_late_errors_in_band() -> None:
+    app = create_app(ECSO(ScriptedBackend(slow_script)), keepalive_s=0.05, request_timeout_s=10)
+    with live(app) as url:
+        body = {"messages": image_message("describe it"), "stream": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=10) as response:
+            assert response.status_code == 200
+            lines = [line for line in response.iter_lines() if line]
+        assert lines[0] == ": ecso is checking the answer"
+        data = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+        assert "".join(d["choices"][0]["delta"].get("content", "") for d in data) == "Answer: describe it"
+        assert data[-1]["ecso"]["decision"] == "safe" and lines[-1] == "data: [DONE]"
+        chunks = list(client(url).chat.completions.create(model="m", messages=image_message("again"), stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Answer: again"
+
+        body = {"messages": image_message("please crash"), "stream": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=10) as response:
+            lines = [line for line in response.iter_lines() if line]
+        error = json.loads(next(line for line in lines if line.startswith("data: {"))[6:])
+        assert error["error"]["code"] == "BackendError" and "model crashed late" in error["error"]["message"]
+        assert lines[-1] == "data: [DONE]"
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_bad_images_are_400_even_when_streaming(guarded: tuple[str, ScriptedBackend]) -> None:
+    url, backend = guarded
+    bad = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]
+    response = post(url, {"messages": bad, "stream": True})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "ImageError"
+    assert backend.requests == []

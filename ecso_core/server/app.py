@@ -6,6 +6,7 @@ large, 502 backend failure, 504 timeout, 500 anything unexpected. No request can
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -25,7 +26,10 @@ from ..errors import (
     InputError,
     MissingDependencyError,
 )
+from ..guard import ECSO
+from ..images import prepare_request
 from ..result import ECSOResult
+from ..types import ChatRequest
 from .protocol import ChatCompletionRequest, completion_body, error_body, stream_bodies, to_chat_request
 from .service import ChatService
 
@@ -73,6 +77,7 @@ def create_app(
     batch_window_s: float = 0.005,
     request_timeout_s: float = 300.0,
     default_max_tokens: int = 1024,
+    keepalive_s: float = 10.0,
 ) -> FastAPI:
     """Build the app serving ``backend`` (usually an :class:`~ecso_core.guard.ECSO` guard).
 
@@ -85,6 +90,9 @@ def create_app(
         batch_window_s: how long a request waits for others to batch with.
         request_timeout_s: a request still unanswered after this gets 504.
         default_max_tokens: ``max_tokens`` when the client sends none.
+        keepalive_s: a streamed request still undecided after this starts its SSE stream with
+            keep-alive comments (proxies and clients would otherwise time out on a silent socket);
+            a failure after that point arrives as an SSE ``error`` event.
 
     """
     name = model_name or backend.name
@@ -128,8 +136,12 @@ def create_app(
         try:
             _authorise(request, api_key)
             body = await _read_body(request, max_body_bytes)
-            chat_request = to_chat_request(body, default_max_tokens)
-            reply = await service.complete(chat_request)
+            chat_request = _checked(to_chat_request(body, default_max_tokens), backend)
+            answer = asyncio.ensure_future(service.complete(chat_request))
+            if body.stream and not (await asyncio.wait({answer}, timeout=keepalive_s))[0]:
+                service.metrics.requests.labels("200").inc()  # committed to a stream from here on
+                return StreamingResponse(_late_sse(answer, name, keepalive_s), media_type="text/event-stream")
+            reply = await answer
         except Exception as exc:
             problem = _problem(exc)
             service.metrics.requests.labels(str(problem.status)).inc()
@@ -177,6 +189,29 @@ async def _read_body(request: Request, limit: int) -> ChatCompletionRequest:
     except ValidationError as exc:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
         raise HTTPProblem(400, f"invalid request: {detail}", "invalid_request_error", "invalid_request") from exc
+
+
+def _checked(request: ChatRequest, backend: VisionChatBackend) -> ChatRequest:
+    """Load and check images now, so that a bad image is a 400 even for a streamed request."""
+    if isinstance(backend, ECSO):
+        return prepare_request(request, backend.config.image_limits, backend.config.allow_image_urls)
+    return request
+
+
+async def _late_sse(answer: asyncio.Future[Any], name: str, keepalive_s: float) -> AsyncIterator[bytes]:
+    """An SSE stream opened before the verdict: keep-alive comments, then the answer (or an error event)."""
+    while not answer.done():
+        yield b": ecso is checking the answer\n\n"
+        await asyncio.wait({answer}, timeout=keepalive_s)
+    try:
+        reply = answer.result()
+    except Exception as exc:  # noqa: BLE001 - the status line is sent: report in-band, as OpenAI does
+        problem = _problem(exc)
+        yield f"data: {json.dumps(error_body(problem.message, problem.error_type, problem.code))}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+        return
+    async for line in _sse(stream_bodies(reply, name, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()))):
+        yield line
 
 
 async def _sse(chunks: list[dict[str, Any]]) -> AsyncIterator[bytes]:
