@@ -72,8 +72,8 @@ def timed(function, items) -> float:  # noqa: ANN001
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-random")
-    parser.add_argument("--requests", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--prompt-set", default="ecso-paper")
     args = parser.parse_args()
@@ -87,13 +87,19 @@ def main() -> None:
     def plain(request: ChatRequest) -> None:
         backend.generate([request])
 
+    step_latency: dict[str, list[float]] = {}
+
+    def guarded_benign(request: ChatRequest) -> None:
+        for step in benign.run(request).steps:
+            step_latency.setdefault(step.name, []).append(step.latency_s)
+
     seeds = iter(range(1, 10_000))
     timed(plain, requests(1, args.max_new_tokens, next(seeds)))  # warm-up: first-call allocations, imports
     timed(benign.run, requests(1, args.max_new_tokens, next(seeds)))
     runs: dict[str, list[float]] = {"plain": [], "benign": [], "unsafe": []}
     for _ in range(args.repeats):
         # Each mode gets its own never-seen images: no mode profits from another's caches.
-        for mode, run in (("plain", plain), ("benign", benign.run), ("unsafe", unsafe.run)):
+        for mode, run in (("plain", plain), ("benign", guarded_benign), ("unsafe", unsafe.run)):
             runs[mode].append(timed(run, requests(args.requests, args.max_new_tokens, next(seeds))))
     probe = requests(1, args.max_new_tokens, next(seeds))[0]
     decisions = {"benign": benign.run(probe).decision, "unsafe": unsafe.run(probe).decision}
@@ -109,6 +115,7 @@ def main() -> None:
                 "max_new_tokens": args.max_new_tokens,
                 "seconds_per_request": {k: round(v / args.requests, 5) for k, v in median.items()},
                 "benign_overhead": round(median["benign"] / median["plain"], 4),
+                "benign_step_ms_median": {k: round(1000 * statistics.median(v), 2) for k, v in step_latency.items()},
                 "unsafe_overhead": round(median["unsafe"] / median["plain"], 4),
                 "decisions": decisions,
                 "all_runs_s": {k: [round(x, 4) for x in v] for k, v in runs.items()},

@@ -120,3 +120,27 @@ def test_batched_check_and_captions_reuse_ragged_prefixes(spec: str) -> None:
     plain = ECSO(plain_backend, config).run_batch(batch)
     assert [outcome(r) for r in cached] == [outcome(r) for r in plain]
     assert calls[0] == 1  # one batched vision pass for the answers; checks and captions reuse it
+
+
+def test_prefix_cache_is_bounded_and_indexed_by_images() -> None:
+    import torch
+
+    from ecso_core.backends.hf_reuse import PrefixCache
+
+    class Layer:
+        def __init__(self, tokens: int) -> None:
+            self.keys = torch.zeros(1, 1, tokens, 4)
+            self.values = torch.zeros(1, 1, tokens, 4)
+
+    class Cache:
+        layers = [Layer(5)]
+
+    cache = PrefixCache(max_bytes=3 * 2 * 5 * 4 * 4)  # room for three 5-token entries
+    for n in range(5):
+        ids = torch.tensor([[n, 1, 2, 3, 4]])
+        cache.store([(f"img{n}",)], ids, torch.ones_like(ids), Cache(), None)
+    assert len(cache) == 3 and len(cache._by_images) == 3  # the two oldest were evicted, index included
+    assert cache.lookup(("img0",), torch.tensor([0, 1, 2])) is None
+    hit = cache.lookup(("img4",), torch.tensor([4, 1, 2, 9]))
+    assert hit is not None and hit.length == 3
+    assert cache.lookup(("other",), torch.tensor([4, 1, 2, 9])) is None  # same ids, other image: no hit

@@ -12,9 +12,11 @@ check (and a single caption) cost little more than the tokens that differ:
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,22 +55,29 @@ class CachedImageProcessor:
         if not flat or args or None in digests:
             return self._inner(images, *args, **kwargs)
         options = repr(sorted(kwargs.items()))
-        parts = []
-        for image, digest in zip(flat, digests, strict=True):
-            key = (digest, options)
-            with self._lock:
-                hit = self._cache.get(key)
-                if hit is not None:
-                    self._cache.move_to_end(key)
-            if hit is None:
-                hit = self._inner([[image]] if _is_nested(images) else [image], **kwargs)
-                if not all(isinstance(v, torch.Tensor) for v in hit.values()):
-                    return self._inner(images, *args, **kwargs)
-                with self._lock:
-                    self._cache[key] = hit
-                    while len(self._cache) > self._max:
-                        self._cache.popitem(last=False)
-            parts.append(hit)
+        keys = [(digest, options) for digest in digests]
+        with self._lock:
+            found = {key: self._cache[key] for key in keys if key in self._cache}
+        missing = {key: image for key, image in zip(keys, flat, strict=True) if key not in found}
+        nested = _is_nested(images)
+
+        def process(image: Any) -> Any:
+            return self._inner([[image]] if nested else [image], **kwargs)
+
+        fresh: dict[Any, Any] = {}
+        if missing:  # resizing and normalising release the GIL: distinct new images run in parallel
+            with ThreadPoolExecutor(max_workers=min(len(missing), os.cpu_count() or 1)) as pool:
+                fresh = dict(zip(missing, pool.map(process, missing.values()), strict=True))
+        if not all(isinstance(v, torch.Tensor) for out in fresh.values() for v in out.values()):
+            return self._inner(images, *args, **kwargs)  # not laid out image by image: no caching
+        with self._lock:
+            for key, out in fresh.items():
+                self._cache[key] = out
+            for key in found:
+                self._cache.move_to_end(key)
+            while len(self._cache) > self._max:
+                self._cache.popitem(last=False)
+        parts = [found[key] if key in found else fresh[key] for key in keys]
         return parts[0].__class__({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
 
 
@@ -102,6 +111,8 @@ class PrefixCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[Images, tuple[int, ...]], tuple[torch.Tensor, Any]] = OrderedDict()
+        # Lookups only compare prompts about the same images: an index keeps them O(entries per image).
+        self._by_images: dict[Images, set[tuple[Images, tuple[int, ...]]]] = {}
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -139,9 +150,8 @@ class PrefixCache:
         best: PrefixHit | None = None
         with self._lock:
             best_key = None
-            for key, (cached, layers) in self._entries.items():
-                if key[0] != images:
-                    continue
+            for key in self._by_images.get(images, ()):
+                cached, layers = self._entries[key]
                 n = min(len(cached), len(ids))
                 differ = (cached[:n] != ids[:n]).nonzero()
                 length = int(differ[0]) if len(differ) else n
@@ -161,9 +171,14 @@ class PrefixCache:
                 self._entries.move_to_end(key)
                 return
             self._entries[key] = (ids, layers)
+            self._by_images.setdefault(images, set()).add(key)
             self._bytes += size
             while self._bytes > self.max_bytes:
-                _, (_, old) = self._entries.popitem(last=False)
+                old_key, (_, old) = self._entries.popitem(last=False)
+                siblings = self._by_images[old_key[0]]
+                siblings.discard(old_key)
+                if not siblings:
+                    del self._by_images[old_key[0]]
                 self._bytes -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in old)
 
     def __len__(self) -> int:
