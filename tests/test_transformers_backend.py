@@ -227,3 +227,29 @@ def test_missing_extra_names_the_pip_install() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'ecso[hf]'" in out.stdout
+
+
+def test_a_hub_id_already_in_the_local_cache_loads_without_the_network(tmp_path: Path) -> None:
+    """A model downloaded earlier loads offline even without HF_HUB_OFFLINE (no hub round-trip)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    source = build_tiny_model("llava-small")
+    snapshot = tmp_path / "hub" / "models--example-org--tiny-vlm" / "snapshots" / "0123abcd"
+    shutil.copytree(source, snapshot)
+    (tmp_path / "hub" / "models--example-org--tiny-vlm" / "refs").mkdir()
+    (tmp_path / "hub" / "models--example-org--tiny-vlm" / "refs" / "main").write_text("0123abcd")
+    code = (
+        "import socket\n"
+        "def refuse(*a, **k): raise OSError('network disabled')\n"
+        "socket.socket.connect = refuse\n"
+        "from ecso_core import load_backend\n"
+        "backend = load_backend('hf:example-org/tiny-vlm')\n"
+        "print(type(backend).__name__, backend.name)\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "TransformersBackend example-org/tiny-vlm"
