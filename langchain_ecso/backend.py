@@ -19,7 +19,12 @@ from ecso_core.verdict import score_from_text
 
 from ._convert import reply_from_ai_message, to_langchain_messages
 
-__all__ = ["LangChainBackend"]
+__all__ = ["LangChainBackend", "model_name"]
+
+
+def model_name(model: BaseChatModel) -> str:
+    """The name a LangChain chat model goes by (its model id when it has one, else its type)."""
+    return str(getattr(model, "model_name", None) or getattr(model, "model", None) or model._llm_type)
 
 
 class LangChainBackend(BackendBase):
@@ -49,8 +54,7 @@ class LangChainBackend(BackendBase):
     ) -> None:
         self.model = model
         self.callbacks = callbacks
-        self.name = getattr(model, "model_name", None) or getattr(model, "model", None) or model._llm_type
-        self.name = str(self.name)
+        self.name = model_name(model)
         self._logprobs = logprobs
         scores = logprobs == "always" or (logprobs == "auto" and bool(getattr(model, "logprobs", False)))
         self.capabilities = BackendCapabilities(score_yes_no=scores, max_images=max_images, tools=True)

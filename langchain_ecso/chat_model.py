@@ -27,7 +27,7 @@ from ecso_core.result import ECSOResult
 from ecso_core.types import ChatRequest, GenerationParams
 
 from ._convert import ai_message, final_chunk, to_ecso_request
-from .backend import LangChainBackend
+from .backend import LangChainBackend, model_name
 
 __all__ = ["ChatECSO"]
 
@@ -87,9 +87,7 @@ class ChatECSO(BaseChatModel):
 
     @property
     def _inner_name(self) -> str:
-        if self.model is not None:
-            return LangChainBackend(self.model).name
-        return str(self.backend.name)
+        return model_name(self.model) if self.model is not None else str(self.backend.name)
 
     # ---- LangChain entry points ---------------------------------------------------------------
 
