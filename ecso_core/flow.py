@@ -82,7 +82,7 @@ def distinct_images(request: ChatRequest) -> tuple[ImagePart, ...]:
     seen: set[object] = set()
     unique: list[ImagePart] = []
     for image in request.images:
-        key = image.digest or id(image.image)
+        key = _image_key(image)
         if key not in seen:
             seen.add(key)
             unique.append(image)

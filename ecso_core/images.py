@@ -25,7 +25,11 @@ from .config import ImageLimits
 from .errors import ImageError
 from .types import ChatRequest, ImagePart
 
+DIGEST_KEY = "ecso_digest"
+"""Key under which prepared images carry their digest in ``PIL.Image.info`` (backends cache on it)."""
+
 __all__ = [
+    "DIGEST_KEY",
     "image_digest",
     "image_to_data_url",
     "load_image",
@@ -58,7 +62,7 @@ def prepare_image_part(part: ImagePart, limits: ImageLimits | None = None, allow
         return part
     image = load_image(part.image, limits, allow_urls)
     digest = image_digest(image)
-    image.info["ecso_digest"] = digest  # lets backends cache per-image work (see backends/hf_reuse.py)
+    image.info[DIGEST_KEY] = digest  # lets backends cache per-image work (see backends/hf_reuse.py)
     return ImagePart(image=image, digest=digest)
 
 

@@ -22,10 +22,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["DIGEST_KEY", "CachedImageProcessor", "PrefixCache", "PrefixHit", "ReusePlan", "plan_reuse"]
+from ..images import DIGEST_KEY
 
-DIGEST_KEY = "ecso_digest"
-"""Key under which :func:`ecso_core.images.prepare_image_part` stores the digest in ``PIL.Image.info``."""
+__all__ = ["CachedImageProcessor", "PrefixCache", "PrefixHit", "ReusePlan", "plan_reuse"]
 
 
 class CachedImageProcessor:

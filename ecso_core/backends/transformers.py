@@ -143,6 +143,7 @@ class TransformersBackend(BackendBase):
         self.capabilities = BackendCapabilities(score_yes_no=True, tools=False)
         self._specials = _specials_pattern(self.tokenizer)
         self._yes_ids, self._no_ids = yes_no_token_ids(self.tokenizer)
+        self._stop_ids = set(_as_list(model.generation_config.eos_token_id)) | {self.tokenizer.pad_token_id}
         self._lock = threading.Lock()  # one forward pass at a time on the model
 
     @classmethod
@@ -325,8 +326,7 @@ class TransformersBackend(BackendBase):
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
     def _reply(self, tokens: list[int], prompt_tokens: int, params: GenerationParams) -> ChatReply:
-        stops = set(_as_list(self.model.generation_config.eos_token_id)) | {self.tokenizer.pad_token_id}
-        length = next((i for i, t in enumerate(tokens) if t in stops), None)
+        length = next((i for i, t in enumerate(tokens) if t in self._stop_ids), None)
         finish = "stop" if length is not None else "length"
         kept = tokens if length is None else tokens[:length]
         text = self.tokenizer.decode(kept, skip_special_tokens=True)

@@ -21,7 +21,7 @@ from ..types import ChatRequest, ImagePart, Message, TextPart
 from .datasets import EvalCase
 from .judges import Judge
 
-__all__ = ["done_ids", "run_eval", "select"]
+__all__ = ["run_eval", "select"]
 
 
 def select(cases: Sequence[EvalCase], limit: int | None, seed: int) -> list[EvalCase]:
@@ -31,11 +31,6 @@ def select(cases: Sequence[EvalCase], limit: int | None, seed: int) -> list[Eval
         random.Random(seed).shuffle(chosen)
         chosen = sorted(chosen[:limit], key=lambda c: c.id)
     return chosen
-
-
-def done_ids(records: Path) -> set[str]:
-    """Ids already recorded (a torn last line from a crash is ignored, and redone)."""
-    return recorded_ids(records)
 
 
 def run_eval(
@@ -50,7 +45,7 @@ def run_eval(
     """Evaluate ``cases`` not yet in ``out/records.jsonl``; return that file's path."""
     out.mkdir(parents=True, exist_ok=True)
     records = out / "records.jsonl"
-    seen = done_ids(records)
+    seen = recorded_ids(records)  # a line torn by a crash is not counted: that case is redone
     todo = [case for case in cases if case.id not in seen]
     bar = progress_bar(len(cases), len(cases) - len(todo), progress, desc="ecso eval")
     for start in range(0, len(todo), concurrency):
