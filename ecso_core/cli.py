@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .backends import VisionChatBackend, load_backend
 from .config import ECSOConfig
 from .errors import ECSOError, InputError
 from .guard import ECSO
@@ -45,8 +46,6 @@ def ask(
     config: Annotated[Optional[Path], typer.Option(help="ECSOConfig as a JSON file.")] = None,
 ) -> None:
     """Answer QUERY about the image(s) with the ECSO guard in front of the model."""
-    from .backends import load_backend
-
     if model.startswith("tiny-random"):
         typer.echo("note: tiny-random has random weights; its answers are noise (it tests plumbing only).", err=True)
     messages = [Message(role="system", content=system)] if system else []
@@ -57,7 +56,7 @@ def ask(
     settings = _load_config(config, allow_image_urls=allow_image_urls or None, caption_params=params)
     try:
         request = prepare_request(request, settings.image_limits, settings.allow_image_urls)  # fail before loading
-        backend = load_backend(model, device=device)
+        backend = _load_model(model, device)
         start = time.perf_counter()
         result = ECSO(backend, settings).run(request)
     except ECSOError as exc:
@@ -87,8 +86,6 @@ def serve(
     config: Annotated[Optional[Path], typer.Option(help="ECSOConfig as a JSON file.")] = None,
 ) -> None:
     """Serve an OpenAI-compatible /v1/chat/completions endpoint with ECSO in front of MODEL."""
-    from .backends import load_backend
-
     try:
         import uvicorn
 
@@ -97,10 +94,9 @@ def serve(
         typer.echo("error: the server needs its extra: pip install 'ecso[server]'", err=True)
         raise typer.Exit(code=1) from None
     settings = _load_config(config, allow_image_urls=allow_image_urls or None)
-    options = {"device": device} if not model.startswith("openai:") else {}
     try:
-        backend = load_backend(model, **options)
-        judge_backend = load_backend(judge, **options) if judge else None
+        backend = _load_model(model, device)
+        judge_backend = _load_model(judge, device) if judge else None
     except ECSOError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from None
@@ -134,25 +130,20 @@ def eval_command(
     config: Annotated[Optional[Path], typer.Option(help="ECSOConfig as a JSON file.")] = None,
 ) -> None:
     """Measure attack success (before and after ECSO), over-refusal or utility on a benchmark."""
-    from .backends import load_backend
     from .eval import KeywordJudge, LLMJudge, load_cases, run_eval, select, write_report
     from .eval import data_dir as find_data
 
-    params = GenerationParams(max_new_tokens=max_new_tokens)
-    settings = _load_config(config, caption_params=params, answer_params=params, eyes_closed_params=params)
-    options = {} if model.startswith("openai:") else {"device": device}
+    settings = _bounded_config(config, max_new_tokens)
     started = time.perf_counter()
     try:
         root = None if benchmark.startswith("jsonl:") else find_data(data_dir)
         extra = {"scenarios": tuple(scenarios.split(","))} if scenarios else {}
         cases = select(load_cases(benchmark, root, **extra), limit, seed)
-        guard = ECSO(load_backend(model, **options), settings)
+        guard = ECSO(_load_model(model, device), settings)
         if judge == "keyword":
             judging = KeywordJudge()
         else:
-            judging = LLMJudge(
-                load_backend(judge, **({} if judge.startswith("openai:") else options)), root or Path(".")
-            )
+            judging = LLMJudge(_load_model(judge, device), root or Path("."))
         run_eval(cases, guard, judging, out, concurrency=concurrency)
         meta = {
             "benchmark": benchmark,
@@ -204,7 +195,6 @@ def datagen(
     """Run ECSO over (image, query) pairs and write SFT records: --benchmark NAME | --input FILE, --model, --out."""
     if ctx.invoked_subcommand is not None:
         return
-    from .backends import load_backend
     from .datagen import generate_sft
     from .eval import data_dir as find_data
     from .eval import load_cases, select
@@ -219,14 +209,12 @@ def datagen(
     except ValueError:
         typer.echo(f"error: --shard must be i/N with 0 <= i < N, got {shard!r}", err=True)
         raise typer.Exit(code=2) from None
-    params = GenerationParams(max_new_tokens=max_new_tokens)
-    settings = _load_config(config, caption_params=params, answer_params=params, eyes_closed_params=params)
-    options = {} if model.startswith("openai:") else {"device": device}
+    settings = _bounded_config(config, max_new_tokens)
     try:
         source = f"jsonl:{input_file}" if input_file else str(benchmark)
         root = None if input_file else find_data(data_dir)
         cases = select(load_cases(source, root), limit, seed)
-        guard = ECSO(load_backend(model, **options), settings)
+        guard = ECSO(_load_model(model, device), settings)
         manifest = generate_sft(
             cases,
             guard,
@@ -256,6 +244,17 @@ def datagen_validate(folder: Annotated[Path, typer.Argument(help="A datagen outp
         raise typer.Exit(code=1)
     manifest = json.loads((folder / "manifest.json").read_text())
     typer.echo(f"valid: {manifest['records']}")
+
+
+def _load_model(spec: str, device: str) -> VisionChatBackend:
+    """Load a model spec; ``--device`` applies to local models only (a remote server has its own)."""
+    return load_backend(spec) if spec.startswith("openai:") else load_backend(spec, device=device)
+
+
+def _bounded_config(path: Optional[Path], max_new_tokens: int) -> ECSOConfig:
+    """The config file (if any) with every model call bounded to ``max_new_tokens`` (eval and datagen)."""
+    params = GenerationParams(max_new_tokens=max_new_tokens)
+    return _load_config(path, caption_params=params, answer_params=params, eyes_closed_params=params)
 
 
 def _load_config(path: Optional[Path], **overrides: object) -> ECSOConfig:

@@ -152,3 +152,9 @@ def test_invalid_config_file_exits_2(tmp_path: Path) -> None:
     config.write_text('{"fail_mode": "open"}')
     out = ecso("ask", "--model", "tiny-random:llava-small", "--config", str(config), "q")
     assert out.returncode == 2 and "invalid config" in out.stderr
+
+
+def test_ask_through_an_openai_server_takes_no_device_and_reports_an_unreachable_server() -> None:
+    out = ecso("ask", "--model", "openai:some-vlm@http://127.0.0.1:9/v1", "--image", str(STEPS_PNG), "hi")
+    assert out.returncode == 1
+    assert "cannot reach http://127.0.0.1:9/v1" in out.stderr and "Traceback" not in out.stderr
