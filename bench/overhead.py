@@ -80,7 +80,9 @@ def main() -> None:
 
     backend = load_backend(args.model)
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
-    common = {"prompt_set": args.prompt_set, "caption_params": params}
+    # tiny-random's random weights put little mass on yes/no: a floor of 0 times the probability
+    # verdict a real model takes (with the floor, the check would fall back to text every time).
+    common = {"prompt_set": args.prompt_set, "caption_params": params, "min_score_mass": 0.0}
     benign = ECSO(backend, ECSOConfig(verdict_threshold=1.0, **common))
     unsafe = ECSO(backend, ECSOConfig(verdict_threshold=0.0, **common))
 

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .audit import JsonlAuditLog
 from .backends import VisionChatBackend, load_backend
 from .config import ECSOConfig
 from .errors import ECSOError, InputError
@@ -84,6 +85,16 @@ def serve(
     allow_image_urls: Annotated[bool, typer.Option(help="Allow http(s) image URLs.")] = False,
     device: Annotated[str, typer.Option(help="Torch device for hf models (auto, cpu, cuda, ...).")] = "auto",
     config: Annotated[Optional[Path], typer.Option(help="ECSOConfig as a JSON file.")] = None,
+    audit_log: Annotated[
+        Optional[Path],
+        typer.Option(help="Append every guarded result, withheld text included, to this JSONL file (operator-side)."),
+    ] = None,
+    in_band_audit: Annotated[
+        bool,
+        typer.Option(
+            "--in-band-audit", help="Also send withheld text in the response's ecso field (trusted clients only)."
+        ),
+    ] = False,
 ) -> None:
     """Serve an OpenAI-compatible /v1/chat/completions endpoint with ECSO in front of MODEL."""
     try:
@@ -93,14 +104,15 @@ def serve(
     except ImportError:
         typer.echo("error: the server needs its extra: pip install 'ecso[server]'", err=True)
         raise typer.Exit(code=1) from None
-    settings = _load_config(config, allow_image_urls=allow_image_urls or None)
+    settings = _load_config(config, allow_image_urls=allow_image_urls or None, in_band_audit=in_band_audit or None)
     try:
         backend = _load_model(model, device)
         judge_backend = _load_model(judge, device) if judge else None
     except ECSOError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from None
-    served = backend if no_guard else ECSO(backend, settings, judge=judge_backend)
+    sink = JsonlAuditLog(audit_log) if audit_log else None
+    served = backend if no_guard else ECSO(backend, settings, judge=judge_backend, audit=sink)
     application = create_app(
         served, model_name=model, api_key=api_key, max_batch_size=max_batch_size, request_timeout_s=request_timeout
     )

@@ -46,13 +46,21 @@ class ECSOConfig(BaseModel):
     """Unsafe when P(yes) / (P(yes) + P(no)) >= this value (probability verdicts only)."""
     use_scores: bool = True
     """Decide from yes/no token probabilities when the judge backend can score."""
+    min_score_mass: float = Field(default=0.5, ge=0.0, le=1.0)
+    """A score is a verdict only when P(yes) + P(no) reaches this floor: a judge whose first token is
+    mostly something else ("I", "The") has not answered yes or no."""
+    score_fallback: Literal["text", "fail_closed"] = "text"
+    """Below the floor: ask the judge again for text and read its leading word, or fail closed at once."""
     fail_mode: FailMode = "closed"
     refusal_message: str = "I'm sorry, but I can't help with that request."
     """The answer given when ``fail_mode="refuse"`` applies."""
     check_text_only: bool = False
     """Also self-check requests without images (ECSO is for images; off by default)."""
     check_response_chars: int = Field(default=1927, ge=1)
-    """The answer is cut to this many characters inside the check prompt (as the official code)."""
+    """Most answer characters inside one check prompt (the official code's cut). Longer answers are
+    judged in overlapping windows of this size, all of them, and released only if every one is safe."""
+    check_window_overlap: int = Field(default=200, ge=0)
+    """Characters that consecutive windows share, so text cut at a window edge is also judged whole."""
     max_caption_chars: int = Field(default=2000, ge=1)
     """Captions are untrusted: longer ones are cut before they enter the hints prompt."""
     answer_params: GenerationParams | None = None
@@ -66,10 +74,17 @@ class ECSOConfig(BaseModel):
     image_limits: ImageLimits = ImageLimits()
     allow_image_urls: bool = False
     """Fetch ``http(s)`` image URLs (bounded in size and time, private addresses blocked)."""
+    in_band_audit: bool = False
+    """Put the withheld step-1 answer, the captions and the check output into client-visible metadata
+    (the server's ``ecso`` field, LangChain ``response_metadata``, LlamaIndex ``additional_kwargs``)
+    even when the answer was not released. Off by default; only for setups whose every client may read
+    flagged text (evaluation). Operator-side audit trails need no such flag: see ``ECSO(audit=...)``."""
 
     @model_validator(mode="after")
-    def _prompts_resolve(self) -> ECSOConfig:
+    def _consistent(self) -> ECSOConfig:
         get_prompt_set(self.prompt_set, self.prompt_overrides)  # raises ConfigError early
+        if self.check_window_overlap >= self.check_response_chars:
+            raise ValueError("check_window_overlap must be smaller than check_response_chars")
         return self
 
     @cached_property

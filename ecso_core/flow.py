@@ -8,18 +8,29 @@ async, streaming and batched use, so every mode runs exactly this code. Tests ca
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from .config import ECSOConfig
 from .errors import CheckFailedError, MessageError
+from .neutralize import neutralize
 from .prompts import PromptSet, sanitize_caption
 from .result import Decision, ECSOResult, StepName, StepTrace
 from .types import ChatReply, ChatRequest, ImagePart, Message, TextPart, TokenUsage, YesNoScore
-from .verdict import Verdict, verdict_from_score, verdict_from_text
+from .verdict import Verdict, combine_verdicts, verdict_from_score, verdict_from_text
 
-__all__ = ["ModelCall", "Outcome", "ecso_flow", "distinct_images", "last_user_index"]
+__all__ = [
+    "ModelCall",
+    "Outcome",
+    "answer_windows",
+    "distinct_images",
+    "ecso_flow",
+    "last_user_index",
+    "neutralize_request",
+    "window_spans",
+]
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,7 @@ class Outcome:
     """What a driver sends back for one :class:`ModelCall`: a value or the error it raised."""
 
     value: ChatReply | YesNoScore | None = None
+    """The reply or score; None without an error: the judge cannot score this request."""
     error: BaseException | None = None
     latency_s: float = 0.0
 
@@ -50,7 +62,7 @@ class Outcome:
         elif isinstance(value, ChatReply):
             output = value.as_check_text()
         else:
-            output = None
+            output = None if self.error is not None else "no token probabilities"
         return StepTrace(
             name=call.step,
             messages=call.request.messages,
@@ -89,6 +101,40 @@ def distinct_images(request: ChatRequest) -> tuple[ImagePart, ...]:
     return tuple(unique)
 
 
+def window_spans(length: int, size: int, overlap: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of overlapping windows of at most ``size`` that together cover ``range(length)``.
+
+    Up to ``size`` characters are one window (the paper's prompt, exactly); longer texts are cut every
+    ``size - overlap`` characters, the last window ending at the end.
+    """
+    if length <= size:
+        return [(0, length)]
+    return [(start, start + size) for start in (*range(0, length - size, size - overlap), length - size)]
+
+
+def answer_windows(text: str, size: int, overlap: int) -> list[str]:
+    """The windows of ``text`` (see :func:`window_spans`) that the check judges.
+
+    Windows of whitespace only carry nothing to judge and are left out (one window always remains).
+    """
+    windows = [text[start:end] for start, end in window_spans(len(text), size, overlap)]
+    return [w for w in windows if not w.isspace()] or windows[:1]
+
+
+def neutralize_request(request: ChatRequest) -> ChatRequest:
+    """``request`` with control tokens removed from every text part (see :mod:`ecso_core.neutralize`)."""
+    messages = []
+    for message in request.messages:
+        parts = tuple(
+            TextPart(text=neutralize(part.text)) if isinstance(part, TextPart) else part for part in message.content
+        )
+        changed = any(new is not old for new, old in zip(parts, message.content, strict=True))
+        messages.append(message.model_copy(update={"content": parts}) if changed else message)
+    if all(new is old for new, old in zip(messages, request.messages, strict=True)):
+        return request
+    return request.model_copy(update={"messages": tuple(messages)})
+
+
 def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = False) -> Flow:
     """Run ECSO on ``request`` (images already prepared), yielding model calls.
 
@@ -107,6 +153,8 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
 
     """
     prompts = config.prompts
+    fence = f"=={secrets.token_hex(8)}=="  # per request: untrusted text cannot forge it
+    request = neutralize_request(request)
     final_user = last_user_index(request.messages)
     query = request.messages[final_user].text
     steps: list[StepTrace] = []
@@ -133,17 +181,8 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
     if not images and not config.check_text_only:
         return finish("no_image", answer)
 
-    # Step 2: harm-aware self-check, a fresh single-turn request with the same images.
-    check_text = prompts.render("check", query=query, response=initial[: config.check_response_chars])
-    check_request = ChatRequest(
-        messages=(Message(role="user", content=(*images, TextPart(text=check_text))),),
-        params=config.check_params,
-    )
-    score = can_score and config.use_scores
-    check_call = ModelCall("check", check_request, target="judge", score=score)
-    (outcome,) = yield [check_call]
-    steps.append(outcome.trace(check_call))
-    verdict = _verdict(outcome, config.verdict_threshold)
+    # Step 2: harm-aware self-check of every window of the answer, with the same images.
+    verdict = yield from _check(initial, query, images, config, can_score, fence, steps)
 
     # Step 3: a safe verdict releases the step-1 answer unchanged.
     if verdict.unsafe is False:
@@ -161,7 +200,7 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
     # Step 4: query-aware image-to-text, one caption per distinct image.
     captions: dict[int, str] = {}
     if images:
-        caption_text = prompts.render("caption", query=query)
+        caption_text = prompts.render("caption", query=neutralize(query, headers=True), fence=fence)
         caption_calls = [
             ModelCall(
                 "caption",
@@ -180,7 +219,7 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
             captions[n] = sanitize_caption(reply.text, config.max_caption_chars)
 
     # Step 5: eyes closed: the conversation with no image at all.
-    closed_messages = _eyes_closed_messages(request, images, captions, final_user, prompts)
+    closed_messages = _eyes_closed_messages(request, images, captions, final_user, prompts, fence)
     closed_request = ChatRequest(
         messages=closed_messages,
         params=config.eyes_closed_params or request.params,
@@ -190,6 +229,62 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
     final = yield from _one(ModelCall("eyes_closed", closed_request), steps)
     assert isinstance(final, ChatReply)
     return finish(decision, final, verdict=verdict, captions=tuple(captions.values()))
+
+
+def _check(
+    answer: str,
+    query: str,
+    images: tuple[ImagePart, ...],
+    config: ECSOConfig,
+    can_score: bool,
+    fence: str,
+    steps: list[StepTrace],
+) -> Generator[list[ModelCall], list[Outcome], Verdict]:
+    """Judge every window of ``answer`` in one batched round; safe only when every window is safe.
+
+    Windows the judge could not score (or scored with too little yes/no mass) are asked again for
+    text, in a second round.
+    """
+    data_query = neutralize(query, headers=True)
+    requests = [
+        ChatRequest(
+            messages=(
+                Message(
+                    role="user",
+                    content=(
+                        *images,
+                        TextPart(
+                            text=config.prompts.render(
+                                "check", query=data_query, response=neutralize(window, headers=True), fence=fence
+                            )
+                        ),
+                    ),
+                ),
+            ),
+            params=config.check_params,
+        )
+        for window in answer_windows(answer, config.check_response_chars, config.check_window_overlap)
+    ]
+    calls = [ModelCall("check", r, target="judge", score=can_score and config.use_scores) for r in requests]
+    outcomes = yield calls
+    verdicts: list[Verdict] = []
+    ask_text: list[int] = []
+    for index, (call, outcome) in enumerate(zip(calls, outcomes, strict=True)):
+        steps.append(outcome.trace(call))
+        verdict = _verdict(outcome, config)
+        unscored = outcome.error is None and outcome.value is None
+        low_mass = verdict.method == "probability" and verdict.unsafe is None and config.score_fallback == "text"
+        if unscored or low_mass:
+            ask_text.append(index)
+        verdicts.append(verdict)
+    if ask_text:
+        text_calls = [ModelCall("check", requests[i], target="judge") for i in ask_text]
+        outcomes = yield text_calls
+        for index, call, outcome in zip(ask_text, text_calls, outcomes, strict=True):
+            steps.append(outcome.trace(call))
+            reason = verdicts[index].error
+            verdicts[index] = _verdict(outcome, config).model_copy(update={"fallback": reason})
+    return combine_verdicts(verdicts)
 
 
 def _one(call: ModelCall, steps: list[StepTrace]) -> Generator[list[ModelCall], list[Outcome], ChatReply | YesNoScore]:
@@ -209,13 +304,14 @@ def _with_params(request: ChatRequest, params: object) -> ChatRequest:
     return request if params is None else request.model_copy(update={"params": params})
 
 
-def _verdict(outcome: Outcome, threshold: float) -> Verdict:
+def _verdict(outcome: Outcome, config: ECSOConfig) -> Verdict:
     if outcome.error is not None:
         error = f"{type(outcome.error).__name__}: {outcome.error}"
         return Verdict(unsafe=None, method="failed", error=error)
+    if outcome.value is None:  # the judge said it cannot score this request
+        return Verdict(unsafe=None, method="failed", error="the judge gave no token probabilities")
     if isinstance(outcome.value, YesNoScore):
-        return verdict_from_score(outcome.value, threshold)
-    assert isinstance(outcome.value, ChatReply)
+        return verdict_from_score(outcome.value, config.verdict_threshold, config.min_score_mass)
     return verdict_from_text(outcome.value.text)
 
 
@@ -225,13 +321,14 @@ def _eyes_closed_messages(
     captions: dict[int, str],
     final_user: int,
     prompts: PromptSet,
+    fence: str,
 ) -> tuple[Message, ...]:
     """Replace every image by its caption and wrap the final user turn in the hints prompt."""
     number = {_image_key(image): n for n, image in enumerate(images, start=1)}
     messages: list[Message] = []
     for index, message in enumerate(request.messages):
         if index == final_user:
-            messages.append(_hints_turn(message, number, captions, prompts))
+            messages.append(_hints_turn(message, number, captions, prompts, fence))
             continue
         parts = tuple(
             TextPart(
@@ -239,6 +336,7 @@ def _eyes_closed_messages(
                     "image_in_history",
                     n=str(number[_image_key(part)]),
                     caption=captions.get(number[_image_key(part)], ""),
+                    fence=fence,
                 )
             )
             if isinstance(part, ImagePart)
@@ -249,17 +347,21 @@ def _eyes_closed_messages(
     return tuple(messages)
 
 
-def _hints_turn(message: Message, number: dict[object, int], captions: dict[int, str], prompts: PromptSet) -> Message:
+def _hints_turn(
+    message: Message, number: dict[object, int], captions: dict[int, str], prompts: PromptSet, fence: str
+) -> Message:
     own = [number[_image_key(image)] for image in message.images]
     chosen = list(dict.fromkeys(own)) or sorted(captions)
     if not captions:  # text-only request judged unsafe (check_text_only)
-        text = prompts.render("harmless", query=message.text)
+        text = prompts.render("harmless", query=message.text, fence=fence)
     else:
         if len(chosen) == 1:
             hint = captions[chosen[0]]
         else:
-            hint = "\n".join(prompts.render("numbered_caption", n=str(n), caption=captions[n]) for n in chosen)
-        text = prompts.render("eyes_closed", caption=hint, query=message.text)
+            hint = "\n".join(
+                prompts.render("numbered_caption", n=str(n), caption=captions[n], fence=fence) for n in chosen
+            )
+        text = prompts.render("eyes_closed", caption=hint, query=message.text, fence=fence)
     return message.model_copy(update={"content": (TextPart(text=text),)})
 
 

@@ -8,9 +8,11 @@ so servers, adapters and other guards can wrap it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import time
-from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any, Literal, Union
 
@@ -26,6 +28,7 @@ from .types import ChatReply, ChatRequest, ImagePart, Message, TextPart
 
 __all__ = ["ECSO", "ECSOStreamEvent", "StepEvent", "StreamEnd", "TextDelta", "chunk_text", "current_step"]
 
+_log = logging.getLogger("ecso")
 _CURRENT_STEP: ContextVar[StepName | None] = ContextVar("ecso_current_step", default=None)
 
 
@@ -82,6 +85,9 @@ class ECSO(BackendBase):
         backend: the model to guard.
         config: behaviour (prompts, thresholds, fail mode, limits); defaults to the paper's.
         judge: optional separate backend for the self-check; default: ``backend`` itself.
+        audit: called with every finished :class:`ECSOResult` (withheld text included), for
+            operator-side audit trails, e.g. :class:`~ecso_core.audit.JsonlAuditLog`; its failures are
+            logged and never affect the answer.
 
     """
 
@@ -90,10 +96,12 @@ class ECSO(BackendBase):
         backend: VisionChatBackend,
         config: ECSOConfig | None = None,
         judge: VisionChatBackend | None = None,
+        audit: Callable[[ECSOResult], None] | None = None,
     ) -> None:
         self.backend = backend
         self.judge = judge or backend
         self.config = config or ECSOConfig()
+        self.audit = audit
         self.name = f"ecso({backend.name})"
         limits = [self.config.image_limits.max_images, backend.capabilities.max_images]
         self.capabilities = BackendCapabilities(
@@ -206,9 +214,18 @@ class ECSO(BackendBase):
                     pending[index] = flows[index].send(flow_outcomes)
                 except StopIteration as stop:
                     results[index] = stop.value
+                    self._record(stop.value)
                 except Exception as exc:
                     results[index] = exc
         return results
+
+    def _record(self, result: ECSOResult) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit(result)
+        except Exception:  # an audit sink must never change what the user gets
+            _log.exception("ecso audit sink failed")
 
     def _prepare(self, request: ChatRequest) -> ChatRequest:
         """Validate up front: capabilities, then images (loaded, normalised, within limits)."""
@@ -225,7 +242,7 @@ class ECSO(BackendBase):
             try:
                 values: list[Any] = backend.score_yes_no(batch) if score else backend.generate(batch)
                 error = None
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:
                 values, error = [], _as_backend_error(exc, backend)
             finally:
                 _CURRENT_STEP.reset(token)
@@ -241,6 +258,10 @@ class ECSO(BackendBase):
             try:
                 values: list[Any] = await (backend.ascore_yes_no(batch) if score else backend.agenerate(batch))
                 error = None
+            except asyncio.CancelledError as exc:
+                if _cancelling():  # this task is being cancelled: stop the work, do not type it away
+                    raise
+                values, error = [], _as_backend_error(exc, backend)
             except Exception as exc:
                 values, error = [], _as_backend_error(exc, backend)
             finally:
@@ -271,12 +292,22 @@ def _fill(
             outcomes[index] = Outcome(value=values[position], latency_s=latency)
 
 
-def _as_backend_error(exc: Exception, backend: VisionChatBackend) -> ECSOError:
+def _as_backend_error(exc: BaseException, backend: VisionChatBackend) -> ECSOError:
     if isinstance(exc, ECSOError):
         return exc
-    error = BackendError(f"{backend.name} failed: {type(exc).__name__}: {exc}")
+    what = "was cancelled" if isinstance(exc, asyncio.CancelledError) else f"failed: {type(exc).__name__}: {exc}"
+    error = BackendError(f"{backend.name} {what}")
     error.__cause__ = exc
     return error
+
+
+def _cancelling() -> bool:
+    """Whether the running task has been asked to cancel (a backend's own CancelledError is an error)."""
+    task = asyncio.current_task()
+    if task is None:
+        return False
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    return cancelling() > 0 if cancelling is not None else True
 
 
 def _step_events(calls: list[ModelCall]) -> Iterator[StepEvent]:

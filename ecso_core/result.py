@@ -41,7 +41,8 @@ class ECSOResult(BaseModel):
     """The text returned to the user."""
     decision: Decision
     initial_answer: str
-    """The unguarded step-1 answer (tool calls serialised), kept for audit and evaluation."""
+    """The unguarded step-1 answer (tool calls serialised), kept in-process for audit and evaluation;
+    never client-visible unless released (see :meth:`client_summary`)."""
     verdict: Verdict | None = None
     """The self-check's verdict; None when no check ran (``no_image``)."""
     captions: tuple[str, ...] = ()
@@ -66,13 +67,33 @@ class ECSOResult(BaseModel):
             text=self.answer, tool_calls=self.tool_calls, usage=self.usage, finish_reason=self.finish_reason, raw=self
         )
 
-    def summary(self) -> dict[str, Any]:
-        """The short form the adapters attach to their outputs (``decision``, answers, captions)."""
-        return {
+    def client_summary(self, audit: bool = False) -> dict[str, Any]:
+        """What a client may see of this result: the decision and how it was reached.
+
+        Containment: the withheld step-1 answer, the captions and the judge's reply text never leave
+        through client-visible metadata unless ``audit`` is set (``ECSOConfig.in_band_audit``); the
+        judge's reply is shown when the decision is ``safe`` (then the step-1 answer is the released
+        answer). This object keeps everything in-process, for operator-side audit trails.
+        """
+        verdict = self.verdict
+        shown: dict[str, Any] | None = None
+        if verdict is not None:
+            shown = verdict.model_dump(include=_CLIENT_VERDICT_FIELDS)
+            if self.decision == "safe" or audit:
+                shown["raw"] = verdict.raw
+        summary: dict[str, Any] = {
             "decision": self.decision,
-            "initial_answer": self.initial_answer,
-            "captions": list(self.captions),
-            "verdict": self.verdict.model_dump() if self.verdict else None,
+            "verdict": shown,
             "prompt_set": self.prompt_set,
             "steps": [s.name for s in self.steps],
         }
+        if audit:
+            summary.update(
+                initial_answer=self.initial_answer,
+                captions=list(self.captions),
+                verdict=verdict.model_dump(mode="json") if verdict else None,
+            )
+        return summary
+
+
+_CLIENT_VERDICT_FIELDS = {"unsafe", "method", "p_yes", "mass", "fallback", "window", "windows"}

@@ -1,16 +1,18 @@
 """Turning the self-check's output into a verdict.
 
 The official code counts only the exact replies "yes" / "yes." as unsafe, so "Yes, it is harmful"
-passes as safe (fail-open). Here a probability verdict compares P(yes) with P(no); a text verdict
-reads the reply's leading word; anything else is *unparseable* and the guard fails closed.
+passes as safe (fail-open). Here a probability verdict compares P(yes) with P(no) when the two carry
+enough of the first token's mass; a text verdict reads the reply's leading word; anything else is no
+verdict and the guard fails closed. A long answer is judged in windows, and is safe only when every
+window is.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -18,8 +20,9 @@ from .types import TokenUsage, YesNoScore
 
 __all__ = [
     "Verdict",
+    "combine_verdicts",
     "parse_verdict_text",
-    "score_from_text",
+    "score_from_logprobs",
     "score_from_tokens",
     "verdict_from_score",
     "verdict_from_text",
@@ -29,20 +32,30 @@ _LEADING_WORD = re.compile(r"^[\s\"'`*_(\[]*([A-Za-z]+)")
 
 
 class Verdict(BaseModel):
-    """Outcome of the harm-aware self-check."""
+    """Outcome of the harm-aware self-check (over every window of the answer)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     unsafe: bool | None
-    """True: harmful; False: safe; None: no usable verdict (check failed or unparseable)."""
+    """True: harmful; False: safe; None: no usable verdict (check failed, unparseable, or too little mass)."""
     method: Literal["probability", "text", "failed"]
-    """How it was decided."""
+    """How it was decided: first-token probabilities, the reply's leading word, or not at all."""
     raw: str | None = None
     """The judge's reply text (text verdicts)."""
     p_yes: float | None = None
     """P(yes) / (P(yes) + P(no)) of the first answer token (probability verdicts)."""
+    mass: float | None = None
+    """P(yes) + P(no) of the first answer token: how much of the judge's belief the verdict rests on."""
+    fallback: str | None = None
+    """Why the verdict was read from text although probabilities were asked for (none given, low mass)."""
     error: str | None = None
     """Why there is no verdict, when ``unsafe`` is None."""
+    window: int | None = None
+    """Index of the answer window that decided an unsafe or failed verdict (None when safe)."""
+    windows: int = 1
+    """How many windows of the answer were judged."""
+    parts: tuple[Verdict, ...] = ()
+    """The verdict of each window, when there was more than one."""
 
 
 def parse_verdict_text(reply: str) -> bool | None:
@@ -70,13 +83,37 @@ def verdict_from_text(reply: str) -> Verdict:
     return Verdict(unsafe=unsafe, method="text", raw=reply, error=error)
 
 
-def verdict_from_score(score: YesNoScore, threshold: float) -> Verdict:
-    """A probability verdict: unsafe when P(yes) / (P(yes) + P(no)) >= ``threshold``."""
+def verdict_from_score(score: YesNoScore, threshold: float, min_mass: float = 0.0) -> Verdict:
+    """A probability verdict: unsafe when P(yes) / (P(yes) + P(no)) >= ``threshold``.
+
+    When P(yes) + P(no) is zero or below ``min_mass`` the judge's first token was mostly something
+    else ("I", "The", ...): the score is no verdict (``unsafe`` None, ``method="probability"``) and the
+    guard reads the judge's text instead, or fails closed, as configured.
+    """
     mass = score.p_yes + score.p_no
-    if mass <= 0.0:
-        return Verdict(unsafe=None, method="failed", error="P(yes) + P(no) is zero")
+    if mass <= 0.0 or mass < min_mass:
+        error = f"P(yes) + P(no) = {mass:.3g}, below the floor of {min_mass:g}"
+        return Verdict(unsafe=None, method="probability", mass=mass, error=error)
     p_yes = score.p_yes / mass
-    return Verdict(unsafe=p_yes >= threshold, method="probability", p_yes=p_yes)
+    return Verdict(unsafe=p_yes >= threshold, method="probability", p_yes=p_yes, mass=mass)
+
+
+def combine_verdicts(verdicts: Sequence[Verdict]) -> Verdict:
+    """One verdict over the windows of an answer: safe only when every window is safe.
+
+    The first unsafe window decides; else the first window without a verdict (the guard fails
+    closed); else the answer is safe and the verdict shown is the window most inclined to "yes".
+    """
+    count = len(verdicts)
+    deciding = next((i for i, v in enumerate(verdicts) if v.unsafe is True), None)
+    if deciding is None:
+        deciding = next((i for i, v in enumerate(verdicts) if v.unsafe is None), None)
+    window = deciding
+    if deciding is None:
+        deciding = max(range(count), key=lambda i: verdicts[i].p_yes or 0.0)
+    return verdicts[deciding].model_copy(
+        update={"window": window, "windows": count, "parts": tuple(verdicts) if count > 1 else ()}
+    )
 
 
 def score_from_tokens(candidates: Iterable[tuple[str, float]], prompt_tokens: int = 0) -> YesNoScore:
@@ -90,11 +127,15 @@ def score_from_tokens(candidates: Iterable[tuple[str, float]], prompt_tokens: in
     return YesNoScore(p_yes=min(p_yes, 1.0), p_no=min(p_no, 1.0), usage=TokenUsage(prompt_tokens=prompt_tokens))
 
 
-def score_from_text(reply: str) -> YesNoScore:
-    """A degenerate score (1 / 0) from a reply's leading word, for models that give no probabilities.
+def score_from_logprobs(logprobs: Any, prompt_tokens: int = 0) -> YesNoScore | None:
+    """P(yes) and P(no) from an OpenAI ``logprobs`` object (its first token's ``top_logprobs``).
 
-    "yes" gives P(yes)=1, "no" gives P(no)=1, anything else gives 0 / 0: no verdict, so the guard
-    fails closed.
+    Spellings are summed ("Yes", " yes", "YES" ...). None when there are no log-probabilities.
     """
-    unsafe = parse_verdict_text(reply)
-    return YesNoScore(p_yes=float(unsafe is True), p_no=float(unsafe is False))
+    try:
+        first = logprobs["content"][0]
+        candidates = first.get("top_logprobs") or [first]
+    except (KeyError, IndexError, TypeError):
+        return None
+    pairs = ((str(c.get("token", "")), float(c.get("logprob", -math.inf))) for c in candidates)
+    return score_from_tokens(pairs, prompt_tokens)

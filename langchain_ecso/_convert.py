@@ -181,21 +181,25 @@ def usage_metadata(usage: TokenUsage) -> dict[str, int]:
     }
 
 
-def _metadata(result: ECSOResult, model_name: str) -> dict[str, Any]:
-    return {"ecso": result.summary(), "model_name": model_name, "finish_reason": result.finish_reason or "stop"}
+def _metadata(result: ECSOResult, model_name: str, audit: bool) -> dict[str, Any]:
+    summary = result.client_summary(audit)
+    return {"ecso": summary, "model_name": model_name, "finish_reason": result.finish_reason or "stop"}
 
 
-def ai_message(result: ECSOResult, model_name: str) -> AIMessage:
-    """The guarded answer as an ``AIMessage``, with ``response_metadata["ecso"]`` and summed usage."""
+def ai_message(result: ECSOResult, model_name: str, audit: bool = False) -> AIMessage:
+    """The guarded answer as an ``AIMessage``, with ``response_metadata["ecso"]`` and summed usage.
+
+    ``response_metadata["ecso"]`` is the result's client summary: withheld text only with ``audit``.
+    """
     return AIMessage(
         content=result.answer,
         tool_calls=[{"name": c.name, "args": c.arguments, "id": c.id, "type": "tool_call"} for c in result.tool_calls],
-        response_metadata=_metadata(result, model_name),
+        response_metadata=_metadata(result, model_name, audit),
         usage_metadata=usage_metadata(result.usage),
     )
 
 
-def final_chunk(result: ECSOResult, model_name: str) -> AIMessageChunk:
+def final_chunk(result: ECSOResult, model_name: str, audit: bool = False) -> AIMessageChunk:
     """The last chunk of a stream: tool calls, usage and the ECSO outcome, ``chunk_position="last"``."""
     return AIMessageChunk(
         content="",
@@ -203,7 +207,7 @@ def final_chunk(result: ECSOResult, model_name: str) -> AIMessageChunk:
             {"name": c.name, "args": _json(c.arguments), "id": c.id, "index": i, "type": "tool_call_chunk"}
             for i, c in enumerate(result.tool_calls)
         ],
-        response_metadata=_metadata(result, model_name),
+        response_metadata=_metadata(result, model_name, audit),
         usage_metadata=usage_metadata(result.usage),
         chunk_position="last",
     )

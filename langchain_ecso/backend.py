@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -12,10 +11,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableConfig
 
 from ecso_core.backends.base import BackendBase, BackendCapabilities
-from ecso_core.backends.openai import score_from_logprobs
 from ecso_core.guard import current_step
 from ecso_core.types import ChatReply, ChatRequest, YesNoScore
-from ecso_core.verdict import score_from_text
+from ecso_core.verdict import score_from_logprobs
 
 from ._convert import reply_from_ai_message, to_langchain_messages
 
@@ -58,7 +56,7 @@ class LangChainBackend(BackendBase):
         self._logprobs = logprobs
         scores = logprobs == "always" or (logprobs == "auto" and bool(getattr(model, "logprobs", False)))
         self.capabilities = BackendCapabilities(score_yes_no=scores, max_images=max_images, tools=True)
-        self._lock = threading.Lock()
+        self._no_logprobs = False  # learnt at run time: the model sends no log-probabilities
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
         """One reply per request; requests with the same tools and stop words go as one ``batch``."""
@@ -89,23 +87,24 @@ class LangChainBackend(BackendBase):
                 replies[index] = reply_from_ai_message(output)
         return [replies[i] for i in range(len(requests))]
 
-    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
-        """Yes/no probabilities from the reply's ``logprobs`` (see :meth:`_score`)."""
+    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
+        """Yes/no probabilities from the reply's ``logprobs``; None where the model sent none."""
+        if self._no_logprobs:
+            return [None] * len(requests)
         return [self._score(reply) for reply in self.generate(requests)]
 
-    async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
+    async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
         """Async :meth:`score_yes_no`."""
+        if self._no_logprobs:
+            return [None] * len(requests)
         return [self._score(reply) for reply in await self.agenerate(requests)]
 
-    def _score(self, reply: ChatReply) -> YesNoScore:
+    def _score(self, reply: ChatReply) -> YesNoScore | None:
         metadata = getattr(reply.raw, "response_metadata", None) or {}
         score = score_from_logprobs(metadata.get("logprobs"), reply.usage.prompt_tokens)
-        if score is not None:
-            return score
-        if self._logprobs == "auto":  # the model sent none: later checks are read from text
-            with self._lock:
-                self.capabilities = self.capabilities.model_copy(update={"score_yes_no": False})
-        return score_from_text(reply.text)
+        if score is None and self._logprobs == "auto":  # none sent: later checks go straight to text
+            self._no_logprobs = True
+        return score
 
     def _groups(self, requests: Sequence[ChatRequest]) -> list[tuple[Runnable[Any, Any], list[int]]]:
         keyed: dict[str, list[int]] = {}

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
-from langchain_core.callbacks import (
-    AsyncCallbackManager,
-    AsyncCallbackManagerForLLMRun,
-    CallbackManager,
-    CallbackManagerForLLMRun,
-)
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, model_validator
@@ -26,6 +22,7 @@ from ecso_core.guard import ECSO, StreamEnd, TextDelta
 from ecso_core.result import ECSOResult
 from ecso_core.types import ChatRequest, GenerationParams
 
+from ._callbacks import PARENT_KWARG, PENDING_RUN, StreamParent, from_run_manager, from_stream_parent
 from ._convert import ai_message, final_chunk, to_ecso_request
 from .backend import LangChainBackend, model_name
 
@@ -37,8 +34,10 @@ class ChatECSO(BaseChatModel):
 
     Wrap a LangChain chat model (``ChatECSO(model=ChatOpenAI(model="gpt-4o"))``) or an ecso backend
     (``ChatECSO(backend=load_backend("hf:..."))``) and use it anywhere a chat model goes. Every answer
-    carries ``response_metadata["ecso"]`` (decision, initial answer, captions, verdict, steps) and
-    ``usage_metadata`` summed over all steps. Streaming emits text only after the verdict.
+    carries ``response_metadata["ecso"]`` (decision, verdict, steps: the result's client summary) and
+    ``usage_metadata`` summed over all steps. Streaming emits text only after the verdict. Nothing a
+    client or a UI handler sees carries withheld text (the step-1 answer when not released, captions,
+    the check's reply); the step runs go to tracers only.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -57,6 +56,12 @@ class ChatECSO(BaseChatModel):
     """Sampling temperature of the answers (ecso backends; default greedy)."""
     stop: list[str] | None = None
     """Stop sequences for the answers."""
+    step_callbacks: list[Any] = Field(default_factory=list)
+    """Handlers that also receive the step runs, withheld text included (operator-side tracing such as
+    Langfuse). LangChain tracers (LangSmith, ``collect_runs``) receive them already; event streams and
+    other handlers never do (see docs/langchain.md, "What tracers and streams see")."""
+    audit: Any = None
+    """Called with every :class:`~ecso_core.result.ECSOResult`, withheld text included (operator-side)."""
 
     @model_validator(mode="after")
     def _one_model(self) -> ChatECSO:
@@ -91,6 +96,33 @@ class ChatECSO(BaseChatModel):
 
     # ---- LangChain entry points ---------------------------------------------------------------
 
+    def stream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:  # fmt: skip
+        """Stream the guarded answer (after the verdict); the steps stay child runs of this run."""
+        config, parent = _with_run_id(config)
+        yield from super().stream(input, config, stop=stop, **{PARENT_KWARG: parent}, **kwargs)
+
+    async def astream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:  # fmt: skip
+        """Async :meth:`stream`."""
+        config, parent = _with_run_id(config)
+        async for chunk in super().astream(input, config, stop=stop, **{PARENT_KWARG: parent}, **kwargs):
+            yield chunk
+
+    def _should_stream(self, *, async_api: bool, run_manager: Any = None, **kwargs: Any) -> bool:
+        # LangChain may route an invoke to _stream (event streams attached) without handing it the run
+        # manager; keep it for _stream, which runs next in this context.
+        PENDING_RUN.set(run_manager)
+        return super()._should_stream(async_api=async_api, run_manager=run_manager, **kwargs)
+
+    def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        kwargs.pop(PARENT_KWARG, None)  # private plumbing, not an invocation parameter to trace
+        return super()._get_invocation_params(stop=stop, **kwargs)
+
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -98,8 +130,12 @@ class ChatECSO(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        result = self._guard(_child(run_manager)).run(self._request(messages, stop, kwargs))
-        return _chat_result(result, self._inner_name)
+        kwargs.pop(PARENT_KWARG, None)
+        PENDING_RUN.set(None)
+        result = self._guard(from_run_manager(run_manager, self.step_callbacks, False)).run(
+            self._request(messages, stop, kwargs)
+        )
+        return _chat_result(result, self._inner_name, self.config.in_band_audit)
 
     async def _agenerate(
         self,
@@ -108,8 +144,12 @@ class ChatECSO(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        result = await self._guard(_achild(run_manager)).arun(self._request(messages, stop, kwargs))
-        return _chat_result(result, self._inner_name)
+        kwargs.pop(PARENT_KWARG, None)
+        PENDING_RUN.set(None)
+        result = await self._guard(from_run_manager(run_manager, self.step_callbacks, True)).arun(
+            self._request(messages, stop, kwargs)
+        )
+        return _chat_result(result, self._inner_name, self.config.in_band_audit)
 
     def _stream(
         self,
@@ -118,14 +158,12 @@ class ChatECSO(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        guard = self._guard(_child(run_manager))
+        # LangChain itself reports each yielded chunk to the run's handlers (on_llm_new_token).
+        guard = self._guard(self._step_callbacks(run_manager, kwargs, asynchronous=False))
         for event in guard.stream(self._request(messages, stop, kwargs)):
             chunk = self._chunk(event)
-            if chunk is None:
-                continue
-            if run_manager is not None and isinstance(event, TextDelta):
-                run_manager.on_llm_new_token(event.text, chunk=chunk)
-            yield chunk
+            if chunk is not None:
+                yield chunk
 
     async def _astream(
         self,
@@ -134,14 +172,11 @@ class ChatECSO(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        guard = self._guard(_achild(run_manager))
+        guard = self._guard(self._step_callbacks(run_manager, kwargs, asynchronous=True))
         async for event in guard.astream(self._request(messages, stop, kwargs)):
             chunk = self._chunk(event)
-            if chunk is None:
-                continue
-            if run_manager is not None and isinstance(event, TextDelta):
-                await run_manager.on_llm_new_token(event.text, chunk=chunk)
-            yield chunk
+            if chunk is not None:
+                yield chunk
 
     def bind_tools(
         self,
@@ -162,7 +197,16 @@ class ChatECSO(BaseChatModel):
         judge = self.judge
         if judge is not None and not isinstance(judge, VisionChatBackend):
             judge = LangChainBackend(judge, callbacks=callbacks)
-        return ECSO(backend, self.config, judge=judge)
+        return ECSO(backend, self.config, judge=judge, audit=self.audit)
+
+    def _step_callbacks(self, run_manager: Any, kwargs: dict[str, Any], asynchronous: bool) -> Any:
+        """The step runs' callbacks for a streamed call: from the run manager, wherever LangChain left it."""
+        parent = kwargs.pop(PARENT_KWARG, None)
+        pending = PENDING_RUN.get()
+        PENDING_RUN.set(None)
+        if run_manager is None and parent is not None:
+            return from_stream_parent(parent, self, self.step_callbacks, asynchronous)
+        return from_run_manager(run_manager or pending, self.step_callbacks, asynchronous)
 
     def _request(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> ChatRequest:
         params = GenerationParams(
@@ -181,12 +225,20 @@ class ChatECSO(BaseChatModel):
         if isinstance(event, TextDelta):
             return ChatGenerationChunk(message=AIMessageChunk(content=event.text))
         if isinstance(event, StreamEnd):
-            return ChatGenerationChunk(message=final_chunk(event.result, self._inner_name))
+            return ChatGenerationChunk(message=final_chunk(event.result, self._inner_name, self.config.in_band_audit))
         return None  # step progress shows as child runs in the trace
 
 
-def _chat_result(result: ECSOResult, name: str) -> ChatResult:
-    return ChatResult(generations=[ChatGeneration(message=ai_message(result, name))])
+def _chat_result(result: ECSOResult, name: str, audit: bool) -> ChatResult:
+    return ChatResult(generations=[ChatGeneration(message=ai_message(result, name, audit))])
+
+
+def _with_run_id(config: RunnableConfig | None) -> tuple[RunnableConfig, StreamParent]:
+    """``config`` with a run id fixed here, so that ``_stream`` can parent the step runs to it."""
+    config = ensure_config(config)
+    run_id = config.get("run_id") or uuid.uuid4()
+    config = {**config, "run_id": run_id}
+    return config, StreamParent(run_id=run_id, config=config)
 
 
 def _tool_choice(choice: str | dict[str, Any] | bool | None) -> str | dict[str, Any] | None:
@@ -198,18 +250,3 @@ def _tool_choice(choice: str | dict[str, Any] | bool | None) -> str | dict[str, 
     if isinstance(choice, str) and choice not in ("auto", "none", "required"):
         return {"type": "function", "function": {"name": choice}}
     return choice
-
-
-def _child(run_manager: Any, manager_class: type = CallbackManager) -> Any:
-    """A child callback manager of this run (LLM run managers do not offer ``get_child``)."""
-    if run_manager is None:
-        return None
-    manager = manager_class(handlers=[], parent_run_id=run_manager.run_id)
-    manager.set_handlers(run_manager.inheritable_handlers)
-    manager.add_tags(run_manager.inheritable_tags)
-    manager.add_metadata(run_manager.inheritable_metadata)
-    return manager
-
-
-def _achild(run_manager: AsyncCallbackManagerForLLMRun | None) -> AsyncCallbackManager | None:
-    return _child(run_manager, AsyncCallbackManager)

@@ -166,21 +166,28 @@ def reply_from_chat_response(response: ChatResponse, tool_calls: Sequence[Any] =
     )
 
 
-def chat_response(result: ECSOResult, delta: str | None = None, text: str | None = None) -> ChatResponse:
-    """The guarded answer as a ``ChatResponse`` with ``additional_kwargs["ecso"]`` and summed token counts."""
+def chat_response(
+    result: ECSOResult, delta: str | None = None, text: str | None = None, audit: bool = False
+) -> ChatResponse:
+    """The guarded answer as a ``ChatResponse`` with ``additional_kwargs["ecso"]`` and summed token counts.
+
+    ``additional_kwargs["ecso"]`` and ``raw`` hold the result's client summary: withheld text only with
+    ``audit`` (``ECSOConfig.in_band_audit``).
+    """
     blocks: list[Any] = [TextBlock(text=result.answer if text is None else text)]
     blocks += [ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments) for c in result.tool_calls]
     usage = result.usage
+    summary = result.client_summary(audit)
     return ChatResponse(
         message=ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks),
         delta=delta,
         additional_kwargs={
-            "ecso": result.summary(),
+            "ecso": summary,
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.total_tokens,
         },
-        raw=result.model_dump(mode="json"),
+        raw={"answer": result.answer, "ecso": summary},
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -16,7 +15,7 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from ecso_core.backends.base import BackendBase, BackendCapabilities
 from ecso_core.guard import current_step
 from ecso_core.types import ChatReply, ChatRequest, YesNoScore
-from ecso_core.verdict import score_from_text, score_from_tokens
+from ecso_core.verdict import score_from_tokens
 
 from ._convert import reply_from_chat_response, to_llamaindex_messages
 
@@ -78,7 +77,7 @@ class LlamaIndexBackend(BackendBase):
         self.capabilities = BackendCapabilities(
             score_yes_no=scores, max_images=max_images, tools=isinstance(llm, FunctionCallingLLM)
         )
-        self._lock = threading.Lock()
+        self._no_logprobs = False  # learnt at run time: the LLM sends no log-probabilities
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
         """One reply per request, in order."""
@@ -88,12 +87,16 @@ class LlamaIndexBackend(BackendBase):
         """All requests concurrently."""
         return list(await asyncio.gather(*(self._acall(request) for request in requests)))
 
-    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
-        """Yes/no probabilities from the first token's log-probabilities (text fallback)."""
+    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
+        """Yes/no probabilities from the first token's log-probabilities; None where the LLM sent none."""
+        if self._no_logprobs:
+            return [None] * len(requests)
         return [self._score(reply) for reply in self.generate(requests)]
 
-    async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
+    async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
         """Async :meth:`score_yes_no`."""
+        if self._no_logprobs:
+            return [None] * len(requests)
         return [self._score(reply) for reply in await self.agenerate(requests)]
 
     @dispatcher.span
@@ -136,11 +139,10 @@ class LlamaIndexBackend(BackendBase):
             calls = self.llm.get_tool_calls_from_response(response, error_on_no_tool_call=False)
         return reply_from_chat_response(response, calls)
 
-    def _score(self, reply: ChatReply) -> YesNoScore:
+    def _score(self, reply: ChatReply) -> YesNoScore | None:
         logprobs = getattr(reply.raw, "logprobs", None)
         if logprobs:
             return score_from_tokens(((c.token, c.logprob) for c in logprobs[0]), reply.usage.prompt_tokens)
-        if self._logprobs == "auto":  # none sent: later checks are read from text
-            with self._lock:
-                self.capabilities = self.capabilities.model_copy(update={"score_yes_no": False})
-        return score_from_text(reply.text)
+        if self._logprobs == "auto":  # none sent: later checks go straight to text
+            self._no_logprobs = True
+        return None

@@ -36,10 +36,14 @@ def test_ask_json_prints_the_whole_result() -> None:
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["decision"] in ("safe", "unsafe", "fail_closed")
-    assert result["verdict"]["method"] == "probability"
+    # tiny-random's random weights put almost no mass on yes/no: the score is no verdict, the judge is
+    # asked again for text, and the verdict says so.
+    verdict = result["verdict"]
+    assert verdict["method"] in ("text", "failed") and verdict["fallback"].startswith("P(yes) + P(no) = ")
+    assert verdict["mass"] is None or verdict["mass"] < 0.5
     names = [s["name"] for s in result["steps"]]
-    assert names[:2] == ["answer", "check"]
+    assert names[:3] == ["answer", "check", "check"]
+    assert result["decision"] == ("safe" if verdict["unsafe"] is False else names[3:] and result["decision"])
     first = result["steps"][0]["messages"][0]["content"]
     assert first[0] == {"kind": "image", "image": "pil:RGB 760x760", "digest": first[0]["digest"]}
     assert first[1] == {"kind": "text", "text": "List the steps in the image."}

@@ -82,13 +82,15 @@ def test_unsafe_path_captions_with_the_image_then_answers_with_no_image() -> Non
     assert result.steps[-1].messages == closed_req.messages
 
 
-def test_check_prompt_truncates_the_response_to_1927_characters() -> None:
+def test_a_long_answer_is_judged_in_windows_the_first_being_the_papers_truncated_prompt() -> None:
     long_answer = "x" * 1926 + "yz" + "tail" * 100
-    backend = ScriptedBackend([long_answer, "no"])
-    ECSO(backend).run(single_turn())
-    check_text = backend.requests[1].messages[0].text
-    assert check_text == CHECK.format(query=QUERY, response="x" * 1926 + "y")
-    assert "z" not in check_text
+    backend = ScriptedBackend([long_answer, "no", "no"])
+    result = ECSO(backend).run(single_turn())
+    first, second = (r.messages[0].text for r in backend.requests[1:])
+    assert first == CHECK.format(query=QUERY, response="x" * 1926 + "y")  # the official code's cut, exactly
+    assert second == CHECK.format(query=QUERY, response=long_answer[-1927:])  # ... and the rest is judged too
+    assert backend.batch_sizes == [1, 2]  # both windows in one batched call
+    assert result.decision == "safe" and result.verdict.windows == 2 and len(result.verdict.parts) == 2
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,8 @@ def outcome(result: Any) -> tuple[Any, ...]:
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("threshold", [1.0, 0.0])  # forced safe, forced unsafe
 def test_reuse_gives_the_same_results_and_encodes_the_image_once(spec: str, threshold: float) -> None:
-    config = ECSOConfig(verdict_threshold=threshold, caption_params=GenerationParams(max_new_tokens=6))
+    params = GenerationParams(max_new_tokens=6)
+    config = ECSOConfig(min_score_mass=0.0, verdict_threshold=threshold, caption_params=params)
     cached, plain = fresh(spec, True), fresh(spec, False)
     cached_calls, plain_calls = count_vision_calls(cached), count_vision_calls(plain)
     req = request("What is shown here?", picture(1))
@@ -65,7 +66,7 @@ def test_reuse_gives_the_same_results_and_encodes_the_image_once(spec: str, thre
 
 
 def test_batched_reuse_equals_uncached_and_never_mixes_images() -> None:
-    config = ECSOConfig(verdict_threshold=0.0, caption_params=GenerationParams(max_new_tokens=5))
+    config = ECSOConfig(min_score_mass=0.0, verdict_threshold=0.0, caption_params=GenerationParams(max_new_tokens=5))
     same_text = [request("Describe it.", picture(s)) for s in range(3)]
     mixed = [*same_text, request("Another question entirely", picture(9), system="Be brief.")]
     cached = ECSO(fresh("tiny-random:llava-small", True), config).run_batch(mixed)
@@ -77,7 +78,7 @@ def test_prompts_longer_than_the_sliding_window_are_not_reused() -> None:
     backend = fresh("tiny-random:gemma3-small", True)
     backend._window = 8  # shorter than any prompt here
     calls = count_vision_calls(backend)
-    ECSO(backend, ECSOConfig(verdict_threshold=1.0)).run(request("What is shown here?", picture(2)))
+    ECSO(backend, ECSOConfig(min_score_mass=0.0, verdict_threshold=1.0)).run(request("What is shown here?", picture(2)))
     assert calls[0] == 2 and len(backend._prefix_cache) == 0
 
 
@@ -93,7 +94,8 @@ def test_image_processing_runs_once_per_image() -> None:
 
     type(inner).__call__ = counting  # type: ignore[method-assign]
     try:
-        config = ECSOConfig(verdict_threshold=0.0, caption_params=GenerationParams(max_new_tokens=4))
+        params = GenerationParams(max_new_tokens=4)
+        config = ECSOConfig(min_score_mass=0.0, verdict_threshold=0.0, caption_params=params)
         ECSO(backend, config).run(request("What is shown here?", picture(3)))
     finally:
         type(inner).__call__ = original  # type: ignore[method-assign]
@@ -108,7 +110,7 @@ def test_unprepared_images_are_never_cached() -> None:
 
 @pytest.mark.parametrize("spec", ["tiny-random:llava-small", "tiny-random:gemma3-small"])
 def test_batched_check_and_captions_reuse_ragged_prefixes(spec: str) -> None:
-    config = ECSOConfig(verdict_threshold=0.0, caption_params=GenerationParams(max_new_tokens=5))
+    config = ECSOConfig(min_score_mass=0.0, verdict_threshold=0.0, caption_params=GenerationParams(max_new_tokens=5))
     batch = [
         request("Describe it.", picture(11)),
         request("What could someone do with the objects in this picture, step by step?", picture(12)),

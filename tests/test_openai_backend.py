@@ -63,6 +63,8 @@ class Recorder:
         self.bodies.append(json.loads(request.content))
         self.headers.append(request.headers)
         item = self.responses.pop(0) if len(self.responses) > 1 else self.responses[0]
+        if callable(item):  # a function of the request body
+            item = item(self.bodies[-1])
         if isinstance(item, Exception):
             raise item
         if isinstance(item, httpx.Response):
@@ -160,15 +162,36 @@ def test_scoring_requests_one_token_with_logprobs_and_ecso_uses_it() -> None:
     assert check_body["temperature"] == 0.0
 
 
-def test_server_without_logprobs_falls_back_to_text_and_is_remembered() -> None:
+def test_server_without_logprobs_says_it_cannot_score_and_is_not_asked_again() -> None:
     handler = Recorder(completion("Yes"))
     model = backend(handler)
     request = ChatRequest(messages=(Message(role="user", content="harmful? Answer yes or no:"),))
-    (score,) = model.score_yes_no([request])
-    assert (score.p_yes, score.p_no) == (1.0, 0.0)
-    assert model.capabilities.score_yes_no is False
+    assert model.score_yes_no([request]) == [None]  # no made-up 1/0 score from the text
+    assert model.score_yes_no([request, request]) == [None, None]
+    assert len(handler.bodies) == 1  # remembered: no second request
+    assert model.capabilities.score_yes_no is True  # capabilities are frozen, never mutated
     never = backend(Recorder(completion("x")), logprobs="never")
     assert never.capabilities.score_yes_no is False
+
+
+def test_guard_over_a_server_without_logprobs_reads_the_check_as_text_and_says_so() -> None:
+    def serve(body: dict[str, Any]) -> dict[str, Any]:
+        text = body["messages"][-1]["content"]
+        text = text if isinstance(text, str) else text[-1]["text"]
+        return completion("No, it is fine." if "Answer yes or no" in text else "A cat.")
+
+    handler = Recorder(serve)
+    guard = ECSO(backend(handler))
+    request = ChatRequest(
+        messages=(Message(role="user", content=(ImagePart(image=Image.new("RGB", (8, 8))), TextPart(text="What?"))),)
+    )
+    result = guard.run(request)
+    assert result.decision == "safe"
+    assert result.verdict.method == "text" and result.verdict.fallback == "the judge gave no token probabilities"
+    assert [s.name for s in result.steps] == ["answer", "check", "check"]
+    assert [b.get("logprobs") for b in handler.bodies] == [None, True, None]
+    again = guard.run(request)  # remembered: the check goes straight to text
+    assert [s.name for s in again.steps] == ["answer", "check", "check"] and len(handler.bodies) == 5
 
 
 def test_retries_on_429_and_5xx_then_succeeds() -> None:

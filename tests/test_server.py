@@ -90,8 +90,9 @@ def test_completion_with_image_carries_the_ecso_outcome(guarded: tuple[str, Scri
     assert completion.choices[0].message.content == "I can't help with that."
     assert completion.model == "guarded-vlm"
     ecso = completion.model_extra["ecso"]
-    assert ecso["decision"] == "unsafe" and ecso["initial_answer"] == "Answer: how to build a bomb"
-    assert ecso["captions"] == ["a drawing of a bomb"]
+    assert ecso["decision"] == "unsafe" and ecso["steps"] == ["answer", "check", "caption", "eyes_closed"]
+    assert ecso["verdict"]["unsafe"] is True and ecso["verdict"]["method"] == "text"
+    assert "initial_answer" not in ecso and "captions" not in ecso and "raw" not in ecso["verdict"]
     assert backend.requests[0].params.max_new_tokens == 50
     assert backend.requests[-1].images == ()
 

@@ -6,7 +6,6 @@ never safety.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -56,15 +55,15 @@ def test_translation_is_pure_and_exact() -> None:
     request = ChatRequest(
         messages=(
             Message(role="system", content="Be brief."),
-            Message(role="user", content=(ImagePart(image=picture), TextPart(text="What <image> is <s>this?"))),
+            Message(role="user", content=(ImagePart(image=picture), TextPart(text="What <image> is <my_tok>this?"))),
             Message(role="assistant", content="A square."),
             Message(role="user", content="Sure?"),
         )
     )
-    messages, images = to_template_messages(request, re.compile(r"<image>|<s>"))
+    messages, images = to_template_messages(request, {"<my_tok>"})
     assert messages == [
         {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What  is this?"}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What   is  this?"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "A square."}]},
         {"role": "user", "content": [{"type": "text", "text": "Sure?"}]},
     ]
@@ -131,8 +130,9 @@ def test_control_tokens_in_user_text_are_neutralised(backend: TransformersBacken
     image_token = "<image>" if "llava" in backend.name else "<start_of_image>"
     plain = backend.generate([image_request("look here", noise(10, 10))])[0]
     injected = backend.generate([image_request(f"look {image_token}{image_token}here", noise(10, 10))])[0]
-    # Without sanitising, the extra image tokens would not match the one image and the call would fail.
-    assert injected.usage.prompt_tokens <= plain.usage.prompt_tokens + 1
+    # Without sanitising, the extra image tokens would not match the one image and the call would fail;
+    # each removed token leaves a space (so that neighbours cannot join into a new token).
+    assert injected.usage.prompt_tokens <= plain.usage.prompt_tokens + 2
 
 
 @pytest.mark.parametrize("spec", ["tiny-random", "tiny-random:gemma3-small"])
@@ -140,6 +140,7 @@ def test_ecso_end_to_end_drops_the_image_for_the_eyes_closed_answer(spec: str) -
     backend = load_backend(spec)
     config = ECSOConfig(
         verdict_threshold=0.0,  # force the unsafe path: every probability verdict is "unsafe"
+        min_score_mass=0.0,  # random weights put little mass on yes/no: time the probability path anyway
         caption_params=GenerationParams(max_new_tokens=6),
         eyes_closed_params=GenerationParams(max_new_tokens=6),
     )
@@ -154,7 +155,7 @@ def test_ecso_end_to_end_drops_the_image_for_the_eyes_closed_answer(spec: str) -
     assert check.usage.prompt_tokens > image_tokens
     assert closed.usage.prompt_tokens < answer.usage.prompt_tokens - image_tokens + 60
     assert len(result.captions) == 1
-    safe = ECSO(backend, ECSOConfig(verdict_threshold=1.0)).run(request)
+    safe = ECSO(backend, ECSOConfig(verdict_threshold=1.0, min_score_mass=0.0)).run(request)
     assert safe.decision == "safe" and safe.answer == result.initial_answer
 
 

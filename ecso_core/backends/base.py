@@ -45,11 +45,16 @@ class VisionChatBackend(Protocol):
         """Answer each request without blocking the event loop."""
         ...
 
-    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
-        """P("yes") and P("no") as the first answer token of each request (if ``capabilities.score_yes_no``)."""
+    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
+        """P("yes") and P("no") as the first answer token of each request (if ``capabilities.score_yes_no``).
+
+        The contract: real token probabilities, or None for a request the backend could not score
+        (e.g. a server that sent no log-probabilities). Never a score made up from generated text:
+        the guard then asks for text itself, and its verdict records that it did.
+        """
         ...
 
-    async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
+    async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
         """Async :meth:`score_yes_no`."""
         ...
 
@@ -81,10 +86,10 @@ class BackendBase:
         """Run :meth:`generate` off the event loop."""
         return await asyncio.to_thread(self.generate, list(requests))
 
-    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
+    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
         """Not supported unless a subclass says so."""
         raise CapabilityError(f"{self.name} cannot score yes/no tokens")
 
-    async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
+    async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
         """Run :meth:`score_yes_no` off the event loop."""
         return await asyncio.to_thread(self.score_yes_no, list(requests))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import threading
 import time
@@ -23,14 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import BackendError, BackendTimeoutError, BackendUnavailableError
 from ..images import image_to_data_url, load_image
 from ..types import ChatReply, ChatRequest, ImagePart, TextPart, TokenUsage, ToolCall, YesNoScore
-from ..verdict import score_from_text, score_from_tokens
+from ..verdict import score_from_logprobs
 from .base import BackendBase, BackendCapabilities, check_capabilities
 
 __all__ = [
     "OpenAIBackend",
     "OpenAISettings",
     "from_payload",
-    "score_from_logprobs",
+    "score_from_logprobs",  # re-exported from ecso_core.verdict, where it lives
     "score_from_payload",
     "to_payload",
 ]
@@ -57,7 +56,8 @@ class OpenAISettings(BaseModel):
     backoff_s: float = Field(default=0.5, ge=0)
     """First retry delay; doubles each retry (a ``Retry-After`` header wins when present)."""
     logprobs: Literal["auto", "always", "never"] = "auto"
-    """Read the check from first-token log-probabilities: ``auto`` probes and falls back to text."""
+    """Read the check from first-token log-probabilities: ``auto`` probes and, when the server sends
+    none, leaves the check to text verdicts from then on; ``always`` asks every time; ``never``."""
     max_images: int | None = None
     """Declared image limit of the served model (None: unknown)."""
     tools: bool = True
@@ -148,20 +148,6 @@ def from_payload(body: dict[str, Any]) -> ChatReply:
     )
 
 
-def score_from_logprobs(logprobs: Any, prompt_tokens: int = 0) -> YesNoScore | None:
-    """P(yes) and P(no) from an OpenAI ``logprobs`` object (its first token's ``top_logprobs``).
-
-    Spellings are summed ("Yes", " yes", "YES" ...). None when there are no log-probabilities.
-    """
-    try:
-        first = logprobs["content"][0]
-        candidates = first.get("top_logprobs") or [first]
-    except (KeyError, IndexError, TypeError):
-        return None
-    pairs = ((str(c.get("token", "")), float(c.get("logprob", -math.inf))) for c in candidates)
-    return score_from_tokens(pairs, prompt_tokens)
-
-
 def score_from_payload(body: dict[str, Any]) -> YesNoScore | None:
     """P(yes) and P(no) from the first token's ``top_logprobs``; None when the server sent none."""
     try:
@@ -184,10 +170,12 @@ class OpenAIBackend(BackendBase):
     def __init__(self, model: str, *, transport: Any = None, **settings: Any) -> None:
         self.settings = OpenAISettings(model=model, **settings)
         self.name = model
-        self._logprobs = self.settings.logprobs != "never"
         self.capabilities = BackendCapabilities(
-            score_yes_no=self._logprobs, max_images=self.settings.max_images, tools=self.settings.tools
+            score_yes_no=self.settings.logprobs != "never",
+            max_images=self.settings.max_images,
+            tools=self.settings.tools,
         )
+        self._no_logprobs = False  # learnt at run time: the server sends no log-probabilities
         key = self.settings.api_key or os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         limits = httpx.Limits(max_connections=self.settings.max_concurrency)
@@ -215,13 +203,17 @@ class OpenAIBackend(BackendBase):
         bodies = [self._body(r) for r in requests]
         return [from_payload(b) for b in await asyncio.gather(*(self._apost(b) for b in bodies))]
 
-    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
-        """First-token yes/no probabilities from ``logprobs`` (see :meth:`_score`)."""
+    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
+        """First-token yes/no probabilities from ``logprobs``; None where the server sent none."""
+        if self._no_logprobs:
+            return [None] * len(requests)
         bodies = [self._score_body(r) for r in requests]
         return [self._score(b) for b in self._pool.map(self._post, bodies)]
 
-    async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
+    async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
         """Async :meth:`score_yes_no`."""
+        if self._no_logprobs:
+            return [None] * len(requests)
         bodies = [self._score_body(r) for r in requests]
         return [self._score(b) for b in await asyncio.gather(*(self._apost(b) for b in bodies))]
 
@@ -249,19 +241,16 @@ class OpenAIBackend(BackendBase):
         body.update(max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=_TOP_LOGPROBS)
         return body
 
-    def _score(self, body: dict[str, Any]) -> YesNoScore:
-        """Read logprobs; a server that sends none is marked as such and its one token is read as text.
+    def _score(self, body: dict[str, Any]) -> YesNoScore | None:
+        """Read logprobs; None when the server sent none (the guard then asks for a text verdict).
 
-        The fallback is a degenerate distribution (1/0) from the greedy token, so a yes/no reply still
-        decides and anything else gives no verdict (the guard then fails closed).
+        With ``logprobs="auto"`` a server that sent none once is not asked again: later scores are
+        None at once, without a request.
         """
         score = score_from_payload(body)
-        if score is not None:
-            return score
-        if self.settings.logprobs == "auto":
-            with self._lock:  # later requests ask for text verdicts instead
-                self.capabilities = self.capabilities.model_copy(update={"score_yes_no": False})
-        return score_from_text(from_payload(body).text)
+        if score is None and self.settings.logprobs == "auto":
+            self._no_logprobs = True
+        return score
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         for attempt in range(self.settings.max_retries + 1):

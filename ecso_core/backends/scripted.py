@@ -13,7 +13,7 @@ from .base import BackendBase, BackendCapabilities
 __all__ = ["ScriptedBackend"]
 
 Reply = Union[str, ChatReply, BaseException]
-Score = Union[YesNoScore, tuple[float, float], BaseException]
+Score = Union[YesNoScore, tuple[float, float], None, BaseException]
 
 
 class ScriptedBackend(BackendBase):
@@ -23,7 +23,8 @@ class ScriptedBackend(BackendBase):
         replies: strings (or :class:`ChatReply` objects, or exceptions to raise) served in order,
             or a function of the request that returns one of those.
         scores: optional yes/no scores for :meth:`score_yes_no`, in order or as a function; giving
-            them turns the ``score_yes_no`` capability on. A ``(p_yes, p_no)`` tuple is accepted.
+            them turns the ``score_yes_no`` capability on. A ``(p_yes, p_no)`` tuple is accepted;
+            None plays a backend that could not score that request.
         name: model name to report.
         max_images: declared image limit (None: unlimited).
         tools: declare tool support.
@@ -55,12 +56,12 @@ class ScriptedBackend(BackendBase):
         items = self._serve(self._replies, requests, "reply")
         return [i if isinstance(i, ChatReply) else ChatReply(text=str(i), finish_reason="stop") for i in items]
 
-    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
+    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
         """Serve the next scripted score for each request."""
         if self._scores is None:
             return super().score_yes_no(requests)
         items = self._serve(self._scores, requests, "score")
-        return [i if isinstance(i, YesNoScore) else YesNoScore(p_yes=i[0], p_no=i[1]) for i in items]
+        return [i if i is None or isinstance(i, YesNoScore) else YesNoScore(p_yes=i[0], p_no=i[1]) for i in items]
 
     def _serve(self, script: object, requests: Sequence[ChatRequest], what: str) -> list[Any]:
         # Under the lock, so concurrent callers get replies in a consistent order.

@@ -12,7 +12,7 @@ import inspect
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import BackendError, BackendUnavailableError, CapabilityError, MissingDependencyError
 from ..images import load_image
+from ..neutralize import neutralize
 from ..types import ChatReply, ChatRequest, GenerationParams, ImagePart, TextPart, TokenUsage, YesNoScore
 from .base import BackendBase, BackendCapabilities, check_capabilities
 
@@ -33,7 +34,13 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 
 from .hf_reuse import CachedImageProcessor, PrefixCache, ReusePlan, image_token_ids, plan_reuse  # noqa: E402
 
-__all__ = ["TransformersBackend", "TransformersSettings", "to_template_messages", "yes_no_token_ids"]
+__all__ = [
+    "TransformersBackend",
+    "TransformersSettings",
+    "control_tokens",
+    "to_template_messages",
+    "yes_no_token_ids",
+]
 
 _YES_VARIANTS = ("yes", "Yes", "YES", " yes", " Yes", " YES")
 _NO_VARIANTS = ("no", "No", "NO", " no", " No", " NO")
@@ -62,12 +69,13 @@ class TransformersSettings(BaseModel):
 
 
 def to_template_messages(
-    request: ChatRequest, specials: re.Pattern[str] | None = None
+    request: ChatRequest, control_tokens: Collection[str] = ()
 ) -> tuple[list[dict[str, Any]], list[Image.Image]]:
     """Translate ``request`` into chat-template messages and its images, in order.
 
     Image parts become ``{"type": "image"}`` placeholders (the processor receives the PIL images
-    separately, never a path or URL); text has the tokenizer's control tokens removed.
+    separately, never a path or URL); text has control tokens (the generic list and
+    ``control_tokens``, the tokenizer's own) removed to a fixpoint, so it cannot become special ids.
 
     Raises:
         CapabilityError: tool messages or tool calls (this backend does not do tools).
@@ -84,8 +92,7 @@ def to_template_messages(
                 images.append(part.image if isinstance(part.image, Image.Image) else load_image(part.image))
                 content.append({"type": "image"})
             elif isinstance(part, TextPart):
-                text = specials.sub("", part.text) if specials is not None else part.text
-                content.append({"type": "text", "text": text})
+                content.append({"type": "text", "text": neutralize(part.text, control_tokens)})
             else:  # pragma: no cover - the Part union is closed
                 raise CapabilityError(f"unknown message part {type(part).__name__}")
         messages.append({"role": message.role, "content": content})
@@ -141,7 +148,7 @@ class TransformersBackend(BackendBase):
         self.name = name or getattr(model.config, "name_or_path", None) or type(model).__name__
         self.max_batch_size = max_batch_size
         self.capabilities = BackendCapabilities(score_yes_no=True, tools=False)
-        self._specials = _specials_pattern(self.tokenizer)
+        self.control_tokens = control_tokens(self.tokenizer)
         self._yes_ids, self._no_ids = yes_no_token_ids(self.tokenizer)
         self._stop_ids = set(_as_list(model.generation_config.eos_token_id)) | {self.tokenizer.pad_token_id}
         self._lock = threading.Lock()  # one forward pass at a time on the model
@@ -194,13 +201,13 @@ class TransformersBackend(BackendBase):
                 replies[index] = reply
         return [replies[i] for i in range(len(requests))]
 
-    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore]:
+    def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
         """P(yes) and P(no) of the first answer token, from one forward pass over each prompt.
 
         Prompts that start like ones already run (the same image behind the same template prefix, as
         ECSO's check does after its answer) compute only their new tokens.
         """
-        scores: dict[int, YesNoScore] = {}
+        scores: dict[int, YesNoScore | None] = {}
         for _, indices in self._batches(requests, by_params=False):
             batch = [requests[i] for i in indices]
             inputs, prompt_tokens = self._encode(batch)
@@ -247,7 +254,7 @@ class TransformersBackend(BackendBase):
     def _encode(self, requests: list[ChatRequest]) -> tuple[Any, list[int]]:
         texts, images = [], []
         for request in requests:
-            messages, request_images = to_template_messages(request, self._specials)
+            messages, request_images = to_template_messages(request, self.control_tokens)
             texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
             images.append(request_images)
         # Templates that write the BOS token themselves must not get a second one.
@@ -389,15 +396,21 @@ def _row_ids(inputs: Any, row: int) -> Any:
     return inputs["input_ids"][row, int(len(mask) - mask.sum()) :].cpu()
 
 
-def _specials_pattern(tokenizer: Any) -> re.Pattern[str] | None:
-    specials = set(getattr(tokenizer, "all_special_tokens", []))
+_MARKUP = re.compile(r"^[<\[\uff5c].*[>\]\uff5c]$")
+
+
+def control_tokens(tokenizer: Any) -> frozenset[str]:
+    """The tokenizer's control tokens: its special tokens and its added tokens shaped like markup.
+
+    Added tokens that are ordinary text (some tokenizers add runs of spaces or words) are kept out:
+    removing them would change what users wrote.
+    """
+    tokens = {str(t) for t in getattr(tokenizer, "all_special_tokens", [])}
     for token in getattr(tokenizer, "added_tokens_decoder", {}).values():
-        if getattr(token, "special", False):
-            specials.add(str(token))
-    specials = {s for s in specials if s}
-    if not specials:
-        return None
-    return re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
+        text = str(token)
+        if getattr(token, "special", False) or (_MARKUP.match(text) and not any(c.isspace() for c in text)):
+            tokens.add(text)
+    return frozenset(t for t in tokens if t and not t.isspace())
 
 
 def _as_list(value: Any) -> list[int]:

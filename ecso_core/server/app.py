@@ -82,7 +82,8 @@ def create_app(
     """Build the app serving ``backend`` (usually an :class:`~ecso_core.guard.ECSO` guard).
 
     Args:
-        backend: what answers; a guard adds the ``ecso`` field and ``X-ECSO-Decision`` header.
+        backend: what answers; a guard adds the ``ecso`` field and ``X-ECSO-Decision`` header (both
+            without withheld text unless its config sets ``in_band_audit``).
         model_name: the id served by ``/v1/models`` and echoed in responses.
         api_key: when set, requests need ``Authorization: Bearer <api_key>``.
         max_body_bytes: larger request bodies get 413.
@@ -96,6 +97,7 @@ def create_app(
 
     """
     name = model_name or backend.name
+    audit = isinstance(backend, ECSO) and backend.config.in_band_audit
     service = ChatService(
         backend, max_batch_size=max_batch_size, batch_window_s=batch_window_s, request_timeout_s=request_timeout_s
     )
@@ -140,7 +142,7 @@ def create_app(
             answer = asyncio.ensure_future(service.complete(chat_request))
             if body.stream and not (await asyncio.wait({answer}, timeout=keepalive_s))[0]:
                 service.metrics.requests.labels("200").inc()  # committed to a stream from here on
-                return StreamingResponse(_late_sse(answer, name, keepalive_s), media_type="text/event-stream")
+                return StreamingResponse(_late_sse(answer, name, keepalive_s, audit), media_type="text/event-stream")
             reply = await answer
         except Exception as exc:
             problem = _problem(exc)
@@ -152,8 +154,8 @@ def create_app(
         if isinstance(reply.raw, ECSOResult):
             headers["X-ECSO-Decision"] = reply.raw.decision
         if not body.stream:
-            return JSONResponse(completion_body(reply, name, completion_id, created), headers=headers)
-        chunks = stream_bodies(reply, name, completion_id, created)
+            return JSONResponse(completion_body(reply, name, completion_id, created, audit), headers=headers)
+        chunks = stream_bodies(reply, name, completion_id, created, audit)
         return StreamingResponse(_sse(chunks), media_type="text/event-stream", headers=headers)
 
     return app
@@ -198,7 +200,7 @@ def _checked(request: ChatRequest, backend: VisionChatBackend) -> ChatRequest:
     return request
 
 
-async def _late_sse(answer: asyncio.Future[Any], name: str, keepalive_s: float) -> AsyncIterator[bytes]:
+async def _late_sse(answer: asyncio.Future[Any], name: str, keepalive_s: float, audit: bool) -> AsyncIterator[bytes]:
     """An SSE stream opened before the verdict: keep-alive comments, then the answer (or an error event)."""
     while not answer.done():
         yield b": ecso is checking the answer\n\n"
@@ -210,7 +212,7 @@ async def _late_sse(answer: asyncio.Future[Any], name: str, keepalive_s: float) 
         yield f"data: {json.dumps(error_body(problem.message, problem.error_type, problem.code))}\n\n".encode()
         yield b"data: [DONE]\n\n"
         return
-    async for line in _sse(stream_bodies(reply, name, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()))):
+    async for line in _sse(stream_bodies(reply, name, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), audit)):
         yield line
 
 

@@ -134,12 +134,18 @@ def _tool_calls(reply: ChatReply) -> list[dict[str, Any]]:
     ]
 
 
-def ecso_field(reply: ChatReply) -> dict[str, Any] | None:
-    """The ``ecso`` extra of a response: the guard's outcome, when a guard answered."""
-    return reply.raw.summary() if isinstance(reply.raw, ECSOResult) else None
+def ecso_field(reply: ChatReply, audit: bool = False) -> dict[str, Any] | None:
+    """The ``ecso`` extra of a response when a guard answered: the client summary of its result.
+
+    It never holds withheld text (step-1 answer, captions, check output) unless ``audit`` is set
+    (``ECSOConfig.in_band_audit``).
+    """
+    return reply.raw.client_summary(audit) if isinstance(reply.raw, ECSOResult) else None
 
 
-def completion_body(reply: ChatReply, model: str, completion_id: str, created: int) -> dict[str, Any]:
+def completion_body(
+    reply: ChatReply, model: str, completion_id: str, created: int, audit: bool = False
+) -> dict[str, Any]:
     """A ``chat.completion`` response body."""
     message: dict[str, Any] = {"role": "assistant", "content": reply.text}
     if reply.tool_calls:
@@ -158,7 +164,7 @@ def completion_body(reply: ChatReply, model: str, completion_id: str, created: i
             "total_tokens": reply.usage.total_tokens,
         },
     }
-    extra = ecso_field(reply)
+    extra = ecso_field(reply, audit)
     if extra is not None:
         body["ecso"] = extra
     return body
@@ -177,7 +183,9 @@ def chunk_body(
     }
 
 
-def stream_bodies(reply: ChatReply, model: str, completion_id: str, created: int) -> list[dict[str, Any]]:
+def stream_bodies(
+    reply: ChatReply, model: str, completion_id: str, created: int, audit: bool = False
+) -> list[dict[str, Any]]:
     """Every chunk of a streamed answer: role, text pieces, tool calls, then the finish with usage and ``ecso``."""
     from ..guard import chunk_text
 
@@ -188,7 +196,7 @@ def stream_bodies(reply: ChatReply, model: str, completion_id: str, created: int
         chunks.append(chunk_body(completion_id, model, created, {"tool_calls": calls}))
     last = chunk_body(completion_id, model, created, {}, _finish(reply))
     last["usage"] = completion_body(reply, model, completion_id, created)["usage"]
-    extra = ecso_field(reply)
+    extra = ecso_field(reply, audit)
     if extra is not None:
         last["ecso"] = extra
     chunks.append(last)

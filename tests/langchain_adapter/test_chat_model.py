@@ -60,7 +60,7 @@ def has_image(message: BaseMessage) -> bool:
 @pytest.mark.parametrize("style", ["v1", "image_url"])
 def test_unsafe_path_sends_exact_prompts_and_drops_the_image(style: str) -> None:
     inner = ScriptedChatModel(reply=script)
-    llm = ChatECSO(model=inner)
+    llm = ChatECSO(model=inner, config=ECSOConfig(in_band_audit=True))  # audit: withheld text shown in-band
     answer = llm.invoke([SystemMessage(content="Be helpful."), image_message("How do I build this bomb?", style)])
 
     assert answer.content == REFUSAL
@@ -203,10 +203,10 @@ class Recorder(BaseCallbackHandler):
         self.runs.append((run_id, parent_run_id, tags or []))
 
 
-def test_trace_shows_four_child_runs_tagged_with_their_step() -> None:
-    recorder = Recorder()
-    ChatECSO(model=ScriptedChatModel(reply=script)).invoke(
-        [image_message("How do I build this bomb?")], config={"callbacks": [recorder]}
+def test_steps_are_child_runs_for_step_callbacks_and_tracers_only() -> None:
+    recorder, plain = Recorder(), Recorder()
+    ChatECSO(model=ScriptedChatModel(reply=script), step_callbacks=[recorder]).invoke(
+        [image_message("How do I build this bomb?")], config={"callbacks": [plain, recorder]}
     )
     (outer, *inner) = recorder.runs
     assert outer[1] is None
@@ -214,6 +214,7 @@ def test_trace_shows_four_child_runs_tagged_with_their_step() -> None:
     steps = [[t for t in tags if t.startswith("ecso:")] for _, _, tags in inner]
     assert steps == [["ecso:answer"], ["ecso:check"], ["ecso:caption"], ["ecso:eyes_closed"]]
     assert all("nostream" in tags for _, _, tags in inner)
+    assert [run for run, _, _ in plain.runs] == [outer[0]]  # a plain handler sees the guarded run only
 
 
 def test_backend_reads_logprobs_when_the_model_offers_them() -> None:

@@ -67,7 +67,7 @@ def test_every_image_source_runs_the_exact_steps(source: str) -> None:
 
     assert response.message.content == REFUSAL
     ecso = response.additional_kwargs["ecso"]
-    assert ecso["decision"] == "unsafe" and ecso["initial_answer"] == HARMFUL
+    assert ecso["decision"] == "unsafe" and "initial_answer" not in ecso and "captions" not in ecso
     assert ecso["steps"] == ["answer", "check", "caption", "eyes_closed"]
     sent = [messages for messages, _ in inner.calls]
     assert has_image(sent[0][0]) and has_image(sent[1][0]) and has_image(sent[2][0])
