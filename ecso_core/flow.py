@@ -191,7 +191,9 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
     decision: Decision = "unsafe"
     if verdict.unsafe is None:
         if config.fail_mode == "raise":
-            raise CheckFailedError(f"the safety check gave no verdict: {verdict.error}")
+            # The judge's own reply or an upstream error text could quote the answer: name the kind only.
+            reason = verdict.error if verdict.method != "failed" else str(verdict.error).split(":")[0]
+            raise CheckFailedError(f"the safety check gave no verdict ({verdict.method}): {reason}")
         if config.fail_mode == "refuse":
             refusal = ChatReply(text=config.refusal_message, finish_reason="stop")
             return finish("fail_closed", refusal, verdict=verdict)

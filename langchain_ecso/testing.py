@@ -1,22 +1,27 @@
 """``ScriptedChatModel``: a LangChain chat model that replies from a script, for tests and examples.
 
 Unlike LangChain's fake chat models it supports ``bind_tools``, so agents (``create_agent``) and
-``ECSOMiddleware`` can be tested with it, and it records every call with its keyword arguments.
+``ECSOMiddleware`` can be tested with it, streams word by word like a provider (so event streams
+see its tokens), and records every call with its keyword arguments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+import re
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field
 
 __all__ = ["ScriptedChatModel"]
+
+_WORDS = re.compile(r"\s+|\S+\s*")
 
 
 def _default_reply(messages: list[BaseMessage]) -> str:
@@ -69,6 +74,29 @@ class ScriptedChatModel(BaseChatModel):
             "total_tokens": tokens + len(str(out.content)) // 4 + 1,
         }
         return ChatResult(generations=[ChatGeneration(message=out)])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        # Word by word, as a streaming provider does (LangChain streams when an event stream listens).
+        message = self._generate(messages, stop, **kwargs).generations[0].message
+        for piece in _WORDS.findall(str(message.content)):
+            yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
+        calls = [
+            {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i, "type": "tool_call_chunk"}
+            for i, c in enumerate(getattr(message, "tool_calls", []))
+        ]
+        last = AIMessageChunk(
+            content="",
+            tool_call_chunks=calls,
+            usage_metadata=getattr(message, "usage_metadata", None),
+            response_metadata=message.response_metadata,
+        )
+        yield ChatGenerationChunk(message=last)
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
         """Bind tools (converted to OpenAI format); they reach the script as ``kwargs["tools"]``."""

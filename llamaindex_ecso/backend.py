@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from ecso_core.types import ChatReply, ChatRequest, YesNoScore
 from ecso_core.verdict import score_from_tokens
 
 from ._convert import reply_from_chat_response, to_llamaindex_messages
+from ._withhold import install, withheld
 
 __all__ = ["ECSOStepEndEvent", "ECSOStepStartEvent", "LlamaIndexBackend"]
 
@@ -37,10 +39,13 @@ class ECSOStepStartEvent(BaseEvent):
 
 
 class ECSOStepEndEvent(BaseEvent):
-    """An ECSO step's model call ended, with the reply text."""
+    """An ECSO step's model call ended: how long it took and its token counts, never its text."""
 
     step: str
-    output: str
+    model: str
+    latency_s: float
+    prompt_tokens: int
+    completion_tokens: int
 
     @classmethod
     def class_name(cls) -> str:
@@ -49,7 +54,10 @@ class ECSOStepEndEvent(BaseEvent):
 
 
 class LlamaIndexBackend(BackendBase):
-    """Calls a LlamaIndex LLM for each ECSO step; each call is a span with start/end step events.
+    """Calls a LlamaIndex LLM for each ECSO step, between start/end step events.
+
+    The wrapped LLM's own instrumentation is withheld during the step (see ``_withhold``): its
+    events would carry unchecked or flagged text.
 
     Args:
         llm: the LlamaIndex LLM (multimodal for image requests).
@@ -58,6 +66,8 @@ class LlamaIndexBackend(BackendBase):
         logprobs: read the check from ``ChatResponse.logprobs``: ``"auto"`` when the LLM was built
             with ``logprobs=True``, ``"never"`` or ``"always"``.
         max_images: declared image limit (None: unknown).
+        instrument_steps: let the wrapped LLM's own instrumentation of each step through (its events
+            carry withheld text: only where every handler is operator-side).
 
     """
 
@@ -68,8 +78,11 @@ class LlamaIndexBackend(BackendBase):
         tools: Sequence[Any] = (),
         logprobs: Literal["auto", "always", "never"] = "auto",
         max_images: int | None = None,
+        instrument_steps: bool = False,
     ) -> None:
+        install()
         self.llm = llm
+        self.instrument_steps = instrument_steps
         self.tools = {tool.metadata.name: tool for tool in tools}
         self.name = str(llm.metadata.model_name)
         self._logprobs = logprobs
@@ -99,34 +112,49 @@ class LlamaIndexBackend(BackendBase):
             return [None] * len(requests)
         return [self._score(reply) for reply in await self.agenerate(requests)]
 
-    @dispatcher.span
     def _call(self, request: ChatRequest) -> ChatReply:
-        step = current_step() or "call"
-        dispatcher.event(ECSOStepStartEvent(step=step, model=self.name))
+        step, start = self._started()
         messages, tools = to_llamaindex_messages(request), self._tools(request)
-        if tools:
-            response = self.llm.chat_with_tools(  # type: ignore[attr-defined]
-                tools, chat_history=messages, tool_required=request.tool_choice == "required"
-            )
-        else:
-            response = self.llm.chat(messages)
-        reply = self._reply(response, bool(tools))
-        dispatcher.event(ECSOStepEndEvent(step=step, output=reply.as_check_text()))
-        return reply
+        with withheld(not self.instrument_steps):
+            if tools:
+                response = self.llm.chat_with_tools(  # type: ignore[attr-defined]
+                    tools, chat_history=messages, tool_required=request.tool_choice == "required"
+                )
+            else:
+                response = self.llm.chat(messages)
+            reply = self._reply(response, bool(tools))
+        return self._ended(step, start, reply)
 
-    @dispatcher.span
     async def _acall(self, request: ChatRequest) -> ChatReply:
+        step, start = self._started()
+        messages, tools = to_llamaindex_messages(request), self._tools(request)
+        with withheld(not self.instrument_steps):
+            if tools:
+                response = await self.llm.achat_with_tools(  # type: ignore[attr-defined]
+                    tools, chat_history=messages, tool_required=request.tool_choice == "required"
+                )
+            else:
+                response = await self.llm.achat(messages)
+            reply = self._reply(response, bool(tools))
+        return self._ended(step, start, reply)
+
+    def _started(self) -> tuple[str, float]:
         step = current_step() or "call"
         dispatcher.event(ECSOStepStartEvent(step=step, model=self.name))
-        messages, tools = to_llamaindex_messages(request), self._tools(request)
-        if tools:
-            response = await self.llm.achat_with_tools(  # type: ignore[attr-defined]
-                tools, chat_history=messages, tool_required=request.tool_choice == "required"
+        return step, time.perf_counter()
+
+    def _ended(self, step: str, start: float, reply: ChatReply) -> ChatReply:
+        usage = reply.usage
+        latency = time.perf_counter() - start
+        dispatcher.event(
+            ECSOStepEndEvent(
+                step=step,
+                model=self.name,
+                latency_s=latency,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
             )
-        else:
-            response = await self.llm.achat(messages)
-        reply = self._reply(response, bool(tools))
-        dispatcher.event(ECSOStepEndEvent(step=step, output=reply.as_check_text()))
+        )
         return reply
 
     def _tools(self, request: ChatRequest) -> list[Any]:

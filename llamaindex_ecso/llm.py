@@ -39,7 +39,9 @@ class ECSOMultiModalLLM(FunctionCallingLLM):
     Wrap any LlamaIndex LLM (``ECSOMultiModalLLM(llm=OpenAI(model="gpt-4o"))``) or an ecso backend
     (``ECSOMultiModalLLM(backend=load_backend("hf:..."))``) and use it as ``Settings.llm``, in chat
     engines, multimodal query engines and agents. Images arrive as ``ImageBlock``s; the guard's image
-    policy applies before anything reads them. Responses carry ``additional_kwargs["ecso"]``.
+    policy applies before anything reads them. Responses carry ``additional_kwargs["ecso"]`` (the
+    result's client summary: no withheld text). The wrapped LLM's instrumentation of the ECSO steps is
+    withheld; handlers see ``ECSOStepStartEvent``/``ECSOStepEndEvent`` and this LLM's own events.
 
     It is a function-calling LLM: ``metadata.is_function_calling_model`` follows the wrapped model, so
     ``FunctionAgent`` works exactly when the wrapped LLM can call tools (``ReActAgent`` always works).
@@ -52,6 +54,15 @@ class ECSOMultiModalLLM(FunctionCallingLLM):
     judge: Any = Field(default=None, description="Optional separate LLM or backend for the self-check.")
     config: ECSOConfig = Field(default_factory=ECSOConfig, description="The guard's configuration.")
     max_tokens: int | None = Field(default=None, description="Most new tokens per answer (ecso backends).")
+    instrument_steps: bool = Field(
+        default=False,
+        description="Let the wrapped LLM's own instrumentation of each ECSO step through. Its events carry "
+        "withheld text (the step-1 answer while checked, flagged answers, captions): only where every "
+        "instrumentation handler is operator-side.",
+    )
+    audit: Any = Field(
+        default=None, description="Called with every ECSOResult, withheld text included (operator-side)."
+    )
 
     @model_validator(mode="after")
     def _one_model(self) -> ECSOMultiModalLLM:
@@ -92,13 +103,13 @@ class ECSOMultiModalLLM(FunctionCallingLLM):
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Guarded chat."""
         guard, request = self._prepare(messages, kwargs)
-        return chat_response(guard.run(request))
+        return chat_response(guard.run(request), audit=self.config.in_band_audit)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Guarded async chat."""
         guard, request = self._prepare(messages, kwargs)
-        return chat_response(await guard.arun(request))
+        return chat_response(await guard.arun(request), audit=self.config.in_band_audit)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -108,7 +119,7 @@ class ECSOMultiModalLLM(FunctionCallingLLM):
         def gen() -> ChatResponseGen:
             text = ""
             for event in guard.stream(request):
-                text, response = _streamed(event, text)
+                text, response = _streamed(event, text, self.config.in_band_audit)
                 if response is not None:
                     yield response
 
@@ -122,7 +133,7 @@ class ECSOMultiModalLLM(FunctionCallingLLM):
         async def gen() -> ChatResponseAsyncGen:
             text = ""
             async for event in guard.astream(request):
-                text, response = _streamed(event, text)
+                text, response = _streamed(event, text, self.config.in_band_audit)
                 if response is not None:
                     yield response
 
@@ -182,10 +193,13 @@ class ECSOMultiModalLLM(FunctionCallingLLM):
 
     def _prepare(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> tuple[ECSO, ChatRequest]:
         tools = list(kwargs.get("tools") or [])
-        backend = LlamaIndexBackend(self.llm, tools=tools) if self.llm is not None else self.backend
+        steps = self.instrument_steps
+        backend = self.backend
+        if self.llm is not None:
+            backend = LlamaIndexBackend(self.llm, tools=tools, instrument_steps=steps)
         judge = self.judge
         if judge is not None and not isinstance(judge, VisionChatBackend):
-            judge = LlamaIndexBackend(judge)
+            judge = LlamaIndexBackend(judge, instrument_steps=steps)
         params = GenerationParams(max_new_tokens=self.max_tokens or GenerationParams().max_new_tokens)
         request = to_ecso_request(
             messages,
@@ -193,16 +207,16 @@ class ECSOMultiModalLLM(FunctionCallingLLM):
             tool_choice="required" if kwargs.get("tool_required") else None,
             params=params,
         )
-        return ECSO(backend, self.config, judge=judge), request
+        return ECSO(backend, self.config, judge=judge, audit=self.audit), request
 
 
-def _streamed(event: Any, text: str) -> tuple[str, ChatResponse | None]:
+def _streamed(event: Any, text: str, audit: bool) -> tuple[str, ChatResponse | None]:
     """The text so far and the response to emit for one guard stream event (None for progress events)."""
     if isinstance(event, TextDelta):
         text += event.text
         return text, ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=event.text)
     if isinstance(event, StreamEnd):
-        return text, chat_response(event.result, delta="")
+        return text, chat_response(event.result, delta="", audit=audit)
     return text, None
 
 

@@ -104,8 +104,10 @@ def test_serve_answers_and_shuts_down_gracefully(tmp_path: Path) -> None:
     config = tmp_path / "ecso.json"
     config.write_text('{"caption_params": {"max_new_tokens": 4}, "fail_mode": "refuse"}')
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    audit = tmp_path / "audit.jsonl"
+    command = ["serve", "--model", "tiny-random:llava-small", "--port", str(port), "--config", str(config)]
     server = subprocess.Popen(
-        [str(ECSO_BIN), "serve", "--model", "tiny-random:llava-small", "--port", str(port), "--config", str(config)],
+        [str(ECSO_BIN), *command, "--audit-log", str(audit)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
@@ -134,6 +136,8 @@ def test_serve_answers_and_shuts_down_gracefully(tmp_path: Path) -> None:
         response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
         assert response.status_code == 200
         assert response.headers["x-ecso-decision"] == response.json()["ecso"]["decision"]
+        (record,) = [json.loads(line) for line in audit.read_text().splitlines()]  # operator-side, in full
+        assert record["decision"] == response.json()["ecso"]["decision"] and "initial_answer" in record
         # A request in flight when SIGTERM arrives still gets its answer (graceful shutdown).
         import concurrent.futures
 
