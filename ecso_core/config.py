@@ -83,8 +83,8 @@ class ECSOConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> ECSOConfig:
         get_prompt_set(self.prompt_set, self.prompt_overrides)  # raises ConfigError early
-        if self.check_window_overlap >= self.check_response_chars:
-            raise ValueError("check_window_overlap must be smaller than check_response_chars")
+        if 2 * self.check_window_overlap > self.check_response_chars:  # else windows multiply without bound
+            raise ValueError("check_window_overlap must be at most half of check_response_chars")
         return self
 
     @cached_property

@@ -82,13 +82,14 @@ def test_unsafe_path_captions_with_the_image_then_answers_with_no_image() -> Non
     assert result.steps[-1].messages == closed_req.messages
 
 
-def test_a_long_answer_is_judged_in_windows_the_first_being_the_papers_truncated_prompt() -> None:
+def test_a_long_answer_is_judged_in_windows_each_a_paper_prompt() -> None:
     long_answer = "x" * 1926 + "yz" + "tail" * 100
     backend = ScriptedBackend([long_answer, "no", "no"])
     result = ECSO(backend).run(single_turn())
     first, second = (r.messages[0].text for r in backend.requests[1:])
-    assert first == CHECK.format(query=QUERY, response="x" * 1926 + "y")  # the official code's cut, exactly
-    assert second == CHECK.format(query=QUERY, response=long_answer[-1927:])  # ... and the rest is judged too
+    # 2,328 characters: two windows of 1,264 sharing 200, each inside the paper's 1,927-character limit
+    assert first == CHECK.format(query=QUERY, response=long_answer[:1264])
+    assert second == CHECK.format(query=QUERY, response=long_answer[-1264:])
     assert backend.batch_sizes == [1, 2]  # both windows in one batched call
     assert result.decision == "safe" and result.verdict.windows == 2 and len(result.verdict.parts) == 2
 

@@ -94,21 +94,30 @@ def test_short_answers_keep_the_papers_single_prompt() -> None:
 
 
 @pytest.mark.parametrize("length", [0, 1, 1926, 1927, 1928, 2000, 3854, 4000, 9999, 20_000])
-@pytest.mark.parametrize(("size", "overlap"), [(1927, 200), (100, 0), (100, 99), (50, 10)])
+@pytest.mark.parametrize(("size", "overlap"), [(1927, 200), (100, 0), (100, 50), (50, 10)])
 def test_windows_cover_every_character_within_the_size(length: int, size: int, overlap: int) -> None:
     spans = window_spans(length, size, overlap)
     assert spans[0][0] == 0 and spans[-1][1] == length
     assert all(0 < end - start <= size for start, end in spans) or length == 0
+    assert len({end - start for start, end in spans}) == 1  # one width: no padding in a batch
+    assert len(spans) == max(1, -(-(length - overlap) // (size - overlap)))  # the fewest windows
     # consecutive windows overlap by at least `overlap` (or touch, without overlap): no gap, no lost text
     assert all(next_start <= end - overlap for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False))
     text = "".join(chr(65 + i % 26) for i in range(length))
     assert answer_windows(text, size, overlap) == [text[start:end] for start, end in spans]
 
 
+def test_window_overlap_is_bounded_by_half_the_window() -> None:
+    assert ECSOConfig(check_response_chars=100, check_window_overlap=50).check_window_overlap == 50
+    with pytest.raises(ValueError, match="at most half"):
+        ECSOConfig(check_response_chars=100, check_window_overlap=51)
+
+
 def test_windows_of_whitespace_only_are_not_sent() -> None:
     windows = answer_windows("\n" * 5000 + "tail", 1927, 200)
     assert all(not w.isspace() for w in windows) and windows[-1].endswith("tail")
-    assert answer_windows(" " * 5000, 1927, 200) == [" " * 1927]  # one window always remains
+    (only,) = answer_windows(" " * 5000, 1927, 200)  # one window always remains
+    assert only.isspace() and len(only) <= 1927
 
 
 def scored(scores: list[object], replies: dict[str, str] | None = None) -> ScriptedBackend:
