@@ -197,7 +197,7 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
     if verdict.unsafe is None:
         if config.fail_mode == "raise":
             # The judge's own reply or an upstream error text could quote the answer: name the kind only.
-            reason = verdict.error if verdict.method != "failed" else str(verdict.error).split(":")[0]
+            reason = verdict.error if verdict.method != "failed" else str(verdict.error).partition(":")[0]
             raise CheckFailedError(f"the safety check gave no verdict ({verdict.method}): {reason}")
         if config.fail_mode == "refuse":
             refusal = ChatReply(text=config.refusal_message, finish_reason="stop")
@@ -253,24 +253,15 @@ def _check(
     text, in a second round.
     """
     data_query = neutralize(query, headers=True)
+    windows = answer_windows(answer, config.check_response_chars, config.check_window_overlap)
+    texts = [
+        config.prompts.render("check", query=data_query, response=neutralize(window, headers=True), fence=fence)
+        for window in windows
+    ]
+    params = config.check_params
     requests = [
-        ChatRequest(
-            messages=(
-                Message(
-                    role="user",
-                    content=(
-                        *images,
-                        TextPart(
-                            text=config.prompts.render(
-                                "check", query=data_query, response=neutralize(window, headers=True), fence=fence
-                            )
-                        ),
-                    ),
-                ),
-            ),
-            params=config.check_params,
-        )
-        for window in answer_windows(answer, config.check_response_chars, config.check_window_overlap)
+        ChatRequest(messages=(Message(role="user", content=(*images, TextPart(text=text))),), params=params)
+        for text in texts
     ]
     calls = [ModelCall("check", r, target="judge", score=can_score and config.use_scores) for r in requests]
     outcomes = yield calls

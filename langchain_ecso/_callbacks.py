@@ -21,6 +21,7 @@ from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManager, BaseCallbackHandler, CallbackManager
 from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tracers.base import BaseTracer
 
 try:  # private in langchain-core, used by LangGraph the same way
@@ -88,6 +89,19 @@ def from_run_manager(run_manager: Any, extra: Sequence[BaseCallbackHandler], asy
         tags=run_manager.inheritable_tags,
         metadata=run_manager.inheritable_metadata,
         extra=extra,
+        asynchronous=asynchronous,
+    )
+
+
+def from_context(asynchronous: bool) -> Any:
+    """Step callbacks under the enclosing runnable's run (a backend used outside ``ChatECSO``, e.g. in a node)."""
+    config = var_child_runnable_config.get() or {}
+    manager = CallbackManager.configure(config.get("callbacks"), None, False, config.get("tags"))
+    return step_callbacks(
+        manager.inheritable_handlers,
+        parent_run_id=manager.parent_run_id,
+        tags=manager.inheritable_tags,
+        metadata=manager.inheritable_metadata,
         asynchronous=asynchronous,
     )
 

@@ -15,6 +15,7 @@ from ecso_core.guard import current_step
 from ecso_core.types import ChatReply, ChatRequest, YesNoScore
 from ecso_core.verdict import score_from_logprobs
 
+from ._callbacks import from_context
 from ._convert import reply_from_ai_message, to_langchain_messages
 
 __all__ = ["LangChainBackend", "model_name"]
@@ -34,7 +35,8 @@ class LangChainBackend(BackendBase):
 
     Args:
         model: the chat model (it must accept image content blocks for image requests).
-        callbacks: the callback manager the inner runs are children of (set by ``ChatECSO``).
+        callbacks: the callback manager the inner runs are children of (set by ``ChatECSO``); default:
+            the tracers of the enclosing run, never its stream handlers.
         logprobs: read the check from token log-probabilities: ``"auto"`` when the model was built
             with ``logprobs=True`` (e.g. ``ChatOpenAI(logprobs=True, top_logprobs=20)``), ``"never"``,
             or ``"always"``.
@@ -129,6 +131,7 @@ class LangChainBackend(BackendBase):
             "run_name": f"ecso:{step}",
             "metadata": {"ecso_step": step},
         }
-        if self.callbacks is not None:
-            config["callbacks"] = self.callbacks
+        # Always explicit: without callbacks LangChain would hand the call the enclosing runnable's
+        # handlers, event streams included (see _callbacks).
+        config["callbacks"] = self.callbacks if self.callbacks is not None else from_context(asynchronous=False)
         return config

@@ -18,13 +18,14 @@ pytest.importorskip("langgraph")
 
 from langchain.agents import create_agent  # noqa: E402
 from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
-from langchain_core.messages import BaseMessage  # noqa: E402
+from langchain_core.messages import AIMessage, BaseMessage  # noqa: E402
 from langchain_core.tracers.context import collect_runs  # noqa: E402
 from langgraph.config import get_stream_writer  # noqa: E402
 from langgraph.graph import END, START, MessagesState, StateGraph  # noqa: E402
 
 from ecso_core import ECSOConfig  # noqa: E402
 from langchain_ecso import ChatECSO, ECSOMiddleware  # noqa: E402
+from langchain_ecso._convert import to_ecso_request  # noqa: E402
 from langchain_ecso.testing import ScriptedChatModel  # noqa: E402
 from tests.langchain_adapter.test_chat_model import image_message, last_text  # noqa: E402
 
@@ -222,3 +223,26 @@ async def test_tracers_keep_the_step_runs_in_async_streams_and_graph_event_strea
             "ecso:caption",
             "ecso:eyes_closed",
         ]
+
+
+async def test_a_bare_langchain_backend_in_a_graph_node_streams_no_withheld_text() -> None:
+    from ecso_core import ECSO
+    from langchain_ecso import LangChainBackend
+
+    guard = ECSO(LangChainBackend(inner_model("unsafe")))
+
+    async def node(state: MessagesState) -> dict[str, Any]:
+        result = await guard.arun(to_ecso_request(state["messages"]))
+        return {"messages": [AIMessage(content=result.answer)]}
+
+    app = StateGraph(MessagesState).add_node("guarded", node).add_edge(START, "guarded").add_edge("guarded", END)
+    state = {"messages": [image_message(QUESTION)]}
+    with collect_runs() as collector:
+        events = [e async for e in app.compile().astream_events(state, version="v2")]
+    assert leaks(events) == []
+    stack, names = list(collector.traced_runs), []
+    while stack:
+        run = stack.pop()
+        names.append(run.name)
+        stack += run.child_runs
+    assert {"ecso:answer", "ecso:check", "ecso:caption", "ecso:eyes_closed"} <= set(names)  # tracers still see them
