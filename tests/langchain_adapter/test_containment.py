@@ -93,6 +93,7 @@ def test_invoke_stream_and_batch_outputs_hold_no_withheld_text(decision: str) ->
         llm.batch([message, message], config={"callbacks": [handler]}),
     ]
     assert leaks(outputs) == [] and leaks(handler.seen) == []
+    assert {"on_chat_model_start", "on_llm_new_token", "on_llm_end"} <= {name for name, _, _ in handler.seen}
     assert outputs[0].content == REFUSAL and outputs[0].response_metadata["ecso"]["decision"] == decision.split("-")[0]
     assert leaks(guarded(decision, audit=True).invoke(message)) != []  # positive control
 
