@@ -16,6 +16,7 @@ from .backends import (
     VisionChatBackend,
     load_backend,
 )
+from .cancel import CancelToken
 from .config import ECSOConfig, FailMode, ImageLimits
 from .errors import (
     BackendError,
@@ -29,6 +30,7 @@ from .errors import (
     InputError,
     MessageError,
     MissingDependencyError,
+    RequestCancelledError,
 )
 from .guard import ECSO, ECSOStreamEvent, StepEvent, StreamEnd, TextDelta
 from .prompts import PROMPT_SETS, PromptSet
@@ -38,6 +40,7 @@ from .types import (
     ChatRequest,
     GenerationParams,
     ImagePart,
+    ImageURL,
     Message,
     TextPart,
     TokenUsage,
@@ -59,6 +62,7 @@ __all__ = [
     "BackendError",
     "BackendTimeoutError",
     "BackendUnavailableError",
+    "CancelToken",
     "CapabilityError",
     "ChatReply",
     "ChatRequest",
@@ -73,12 +77,14 @@ __all__ = [
     "ImageError",
     "ImageLimits",
     "ImagePart",
+    "ImageURL",
     "InputError",
     "Message",
     "MessageError",
     "MissingDependencyError",
     "OpenAIBackend",
     "PromptSet",
+    "RequestCancelledError",
     "ScriptedBackend",
     "StepEvent",
     "StepTrace",

@@ -89,6 +89,9 @@ def serve(
         Optional[Path],
         typer.Option(help="Append every guarded result, withheld text included, to this JSONL file (operator-side)."),
     ] = None,
+    public_metrics: Annotated[
+        bool, typer.Option("--public-metrics", help="Serve /metrics without the API key.")
+    ] = False,
     in_band_audit: Annotated[
         bool,
         typer.Option(
@@ -114,7 +117,12 @@ def serve(
     sink = JsonlAuditLog(audit_log) if audit_log else None
     served = backend if no_guard else ECSO(backend, settings, judge=judge_backend, audit=sink)
     application = create_app(
-        served, model_name=model, api_key=api_key, max_batch_size=max_batch_size, request_timeout_s=request_timeout
+        served,
+        model_name=model,
+        api_key=api_key,
+        max_batch_size=max_batch_size,
+        request_timeout_s=request_timeout,
+        public_metrics=public_metrics,
     )
     uvicorn.run(application, host=host, port=port, timeout_graceful_shutdown=30, log_level="warning")
 

@@ -29,6 +29,8 @@ class ImageLimits(BaseModel):
     """Largest decoded width x height accepted; guards against decompression bombs."""
     max_images: int = Field(default=16, ge=0)
     """Most images accepted in one request."""
+    max_total_pixels: int = Field(default=100_000_000, ge=1)
+    """Most decoded pixels over all images of one request (checked from the headers, before decoding)."""
     url_timeout_s: float = Field(default=10.0, gt=0)
     """Time limit for fetching one image URL (only when URLs are allowed)."""
 

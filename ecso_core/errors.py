@@ -14,6 +14,7 @@ original, so callers need a single ``except ECSOError``::
     │   ├── BackendUnavailableError  the model cannot be loaded or reached (offline hub, bad path)
     │   └── BackendTimeoutError      a model call took longer than allowed
     ├── CheckFailedError         the safety check failed and ``fail_mode="raise"`` was chosen
+    ├── RequestCancelledError    the request was cancelled (deadline, client gone): its work stopped
     └── MissingDependencyError (ImportError)  an optional extra is not installed; names the pip command
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "InputError",
     "MessageError",
     "MissingDependencyError",
+    "RequestCancelledError",
 ]
 
 
@@ -74,6 +76,10 @@ class BackendTimeoutError(BackendError):
 
 class CheckFailedError(ECSOError):
     """The harm-aware self-check failed or was unparseable and ``fail_mode="raise"`` is set."""
+
+
+class RequestCancelledError(ECSOError):
+    """The request's :class:`~ecso_core.cancel.CancelToken` was cancelled; its remaining work was skipped."""
 
 
 class MissingDependencyError(ECSOError, ImportError):

@@ -13,6 +13,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from .cancel import CancelToken
 from .config import ECSOConfig
 from .errors import CheckFailedError, MessageError
 from .neutralize import neutralize
@@ -187,7 +188,7 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
         return finish("no_image", answer)
 
     # Step 2: harm-aware self-check of every window of the answer, with the same images.
-    verdict = yield from _check(initial, query, images, config, can_score, fence, steps)
+    verdict = yield from _check(initial, query, images, config, can_score, fence, steps, request.cancel)
 
     # Step 3: a safe verdict releases the step-1 answer unchanged.
     if verdict.unsafe is False:
@@ -214,6 +215,7 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
                 ChatRequest(
                     messages=(Message(role="user", content=(image, TextPart(text=caption_text))),),
                     params=config.caption_params,
+                    cancel=request.cancel,
                 ),
             )
             for image in images
@@ -232,6 +234,7 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
         params=config.eyes_closed_params or request.params,
         tools=request.tools,
         tool_choice=request.tool_choice,
+        cancel=request.cancel,
     )
     final = yield from _one(ModelCall("eyes_closed", closed_request), steps)
     assert isinstance(final, ChatReply)
@@ -246,6 +249,7 @@ def _check(
     can_score: bool,
     fence: str,
     steps: list[StepTrace],
+    cancel: CancelToken | None,
 ) -> Generator[list[ModelCall], list[Outcome], Verdict]:
     """Judge every window of ``answer`` in one batched round; safe only when every window is safe.
 
@@ -260,7 +264,9 @@ def _check(
     ]
     params = config.check_params
     requests = [
-        ChatRequest(messages=(Message(role="user", content=(*images, TextPart(text=text))),), params=params)
+        ChatRequest(
+            messages=(Message(role="user", content=(*images, TextPart(text=text))),), params=params, cancel=cancel
+        )
         for text in texts
     ]
     calls = [ModelCall("check", r, target="judge", score=can_score and config.use_scores) for r in requests]

@@ -19,9 +19,10 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict
 
 from .backends.base import BackendBase, BackendCapabilities, VisionChatBackend, check_capabilities
+from .cancel import CancelToken, task_cancelling
 from .config import ECSOConfig
-from .errors import BackendError, ECSOError
-from .flow import ModelCall, Outcome, ecso_flow
+from .errors import BackendError, ECSOError, RequestCancelledError
+from .flow import Flow, ModelCall, Outcome, ecso_flow
 from .images import prepare_request
 from .result import ECSOResult, StepName
 from .types import ChatReply, ChatRequest, ImagePart, Message, TextPart
@@ -176,6 +177,8 @@ class ECSO(BackendBase):
                 calls = lockstep.send(self._execute(calls))
         except StopIteration as stop:
             return stop.value
+        finally:
+            lockstep.close()  # stopped early (consumer gone, error): cancels the requests' remaining work
 
     async def _aevents(self, requests: Sequence[ChatRequest], sink: Results) -> AsyncIterator[StepEvent]:
         lockstep = self._lockstep(requests)
@@ -187,37 +190,68 @@ class ECSO(BackendBase):
                 calls = lockstep.send(await self._aexecute(calls))
         except StopIteration as stop:
             sink.extend(stop.value)
+        finally:
+            lockstep.close()  # cancelled or stopped early: work running in threads stops too
 
     def _lockstep(self, requests: Sequence[ChatRequest]) -> Generator[list[ModelCall], list[Outcome], Results]:
-        """Advance one flow per request in rounds; yield each round's calls, all flows together."""
+        """Advance one flow per request in rounds; yield each round's calls, all flows together.
+
+        A request whose token is cancelled leaves at the next round with :class:`RequestCancelledError`;
+        if the driver stops before the end, every request's token is cancelled.
+        """
         results: Results = [None] * len(requests)  # type: ignore[list-item]
         flows = {}
+        tokens: dict[int, CancelToken] = {}
         pending: dict[int, list[ModelCall]] = {}
         for index, request in enumerate(requests):
             try:
-                flow = ecso_flow(self._prepare(request), self.config, can_score=self.judge.capabilities.score_yes_no)
+                prepared = self._prepare(request)
+                tokens[index] = prepared.cancel  # type: ignore[assignment]
+                flow = ecso_flow(prepared, self.config, can_score=self.judge.capabilities.score_yes_no)
                 pending[index] = next(flow)
                 flows[index] = flow
             except StopIteration as stop:  # pragma: no cover - every flow makes a call
                 results[index] = stop.value
             except Exception as exc:
                 results[index] = exc
-        while pending:
-            order = [(index, call) for index, calls in pending.items() for call in calls]
-            outcomes = yield [call for _, call in order]
-            per_flow: dict[int, list[Outcome]] = {}
-            for (index, _), outcome in zip(order, outcomes, strict=True):
-                per_flow.setdefault(index, []).append(outcome)
-            pending = {}
-            for index, flow_outcomes in per_flow.items():
-                try:
-                    pending[index] = flows[index].send(flow_outcomes)
-                except StopIteration as stop:
-                    results[index] = stop.value
-                    self._record(stop.value)
-                except Exception as exc:
-                    results[index] = exc
-        return results
+        finished = False
+        try:
+            while pending := self._drop_cancelled(pending, flows, tokens, results):
+                order = [(index, call) for index, calls in pending.items() for call in calls]
+                outcomes = yield [call for _, call in order]
+                per_flow: dict[int, list[Outcome]] = {}
+                for (index, _), outcome in zip(order, outcomes, strict=True):
+                    per_flow.setdefault(index, []).append(outcome)
+                pending = {}
+                for index, flow_outcomes in self._drop_cancelled(per_flow, flows, tokens, results).items():
+                    try:
+                        pending[index] = flows[index].send(flow_outcomes)
+                    except StopIteration as stop:
+                        results[index] = stop.value
+                        self._record(stop.value)
+                    except Exception as exc:
+                        results[index] = exc
+            finished = True
+            return results
+        finally:
+            if not finished:
+                for token in tokens.values():
+                    token.cancel("the caller stopped waiting")
+
+    @staticmethod
+    def _drop_cancelled(
+        pending: dict[int, Any], flows: dict[int, Flow], tokens: dict[int, CancelToken], results: Results
+    ) -> dict[int, Any]:
+        """``pending`` without the requests cancelled meanwhile; their flows end with RequestCancelledError."""
+        kept = {}
+        for index, value in pending.items():
+            token = tokens[index]
+            if token.cancelled:
+                flows[index].close()
+                results[index] = RequestCancelledError(f"request cancelled: {token.reason}")
+            else:
+                kept[index] = value
+        return kept
 
     def _record(self, result: ECSOResult) -> None:
         if self.audit is None:
@@ -228,10 +262,11 @@ class ECSO(BackendBase):
             _log.exception("ecso audit sink failed")
 
     def _prepare(self, request: ChatRequest) -> ChatRequest:
-        """Validate up front: capabilities, then images (loaded, normalised, within limits)."""
+        """Validate up front: capabilities, then images (loaded, normalised, within limits); give it a token."""
         check_capabilities(self.backend.capabilities, request, self.backend.name)
         check_capabilities(self.judge.capabilities, request.model_copy(update={"tools": ()}), self.judge.name)
-        return prepare_request(request, self.config.image_limits, self.config.allow_image_urls)
+        prepared = prepare_request(request, self.config.image_limits, self.config.allow_image_urls)
+        return prepared if prepared.cancel is not None else prepared.model_copy(update={"cancel": CancelToken()})
 
     def _execute(self, calls: list[ModelCall]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(calls)
@@ -259,7 +294,7 @@ class ECSO(BackendBase):
                 values: list[Any] = await (backend.ascore_yes_no(batch) if score else backend.agenerate(batch))
                 error = None
             except asyncio.CancelledError as exc:
-                if _cancelling():  # this task is being cancelled: stop the work, do not type it away
+                if task_cancelling():  # this task is being cancelled: stop the work, do not type it away
                     raise
                 values, error = [], _as_backend_error(exc, backend)
             except Exception as exc:
@@ -299,15 +334,6 @@ def _as_backend_error(exc: BaseException, backend: VisionChatBackend) -> ECSOErr
     error = BackendError(f"{backend.name} {what}")
     error.__cause__ = exc
     return error
-
-
-def _cancelling() -> bool:
-    """Whether the running task has been asked to cancel (a backend's own CancelledError is an error)."""
-    task = asyncio.current_task()
-    if task is None:
-        return False
-    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
-    return cancelling() > 0 if cancelling is not None else True
 
 
 def _step_events(calls: list[ModelCall]) -> Iterator[StepEvent]:

@@ -14,16 +14,18 @@ import hashlib
 import io
 import ipaddress
 import socket
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import ImageLimits
 from .errors import ImageError
-from .types import ChatRequest, ImagePart
+from .types import ChatRequest, ImagePart, ImageURL
 
 DIGEST_KEY = "ecso_digest"
 """Key under which prepared images carry their digest in ``PIL.Image.info`` (backends cache on it)."""
@@ -32,7 +34,12 @@ __all__ = [
     "DIGEST_KEY",
     "image_digest",
     "image_to_data_url",
+    "is_public_address",
+    "OpenedRequest",
+    "decode_request",
     "load_image",
+    "open_image",
+    "open_request",
     "prepare_image_part",
     "prepare_request",
 ]
@@ -51,47 +58,105 @@ def load_image(source: Any, limits: ImageLimits | None = None, allow_urls: bool 
 
     """
     limits = limits or ImageLimits()
-    if isinstance(source, Image.Image):
-        return _normalise(source, limits)
-    return _decode(_read_source(source, limits, allow_urls), limits)
+    return _normalise(open_image(source, limits, allow_urls), limits)
+
+
+def open_image(source: Any, limits: ImageLimits | None = None, allow_urls: bool = False) -> Image.Image:
+    """Read ``source`` and open it lazily: format and size are known, no pixel is decoded yet.
+
+    Raises:
+        ImageError: as :func:`load_image`, for everything but decoding the pixels.
+
+    """
+    limits = limits or ImageLimits()
+    image = source if isinstance(source, Image.Image) else _open(_read_source(source, limits, allow_urls), limits)
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageError(f"image has no pixels ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise ImageError(f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}")
+    return image
 
 
 def prepare_image_part(part: ImagePart, limits: ImageLimits | None = None, allow_urls: bool = False) -> ImagePart:
     """Return ``part`` with its image loaded, normalised and given a digest (no-op if already done)."""
-    if part.digest is not None and isinstance(part.image, Image.Image):
+    if _prepared(part):
         return part
-    image = load_image(part.image, limits, allow_urls)
-    digest = image_digest(image)
-    image.info[DIGEST_KEY] = digest  # lets backends cache per-image work (see backends/hf_reuse.py)
-    return ImagePart(image=image, digest=digest)
+    return _finish(load_image(part.image, limits, allow_urls))
 
 
 def prepare_request(request: ChatRequest, limits: ImageLimits | None = None, allow_urls: bool = False) -> ChatRequest:
-    """Prepare every image of ``request`` (see :func:`prepare_image_part`).
+    """Prepare every image of ``request`` (see :func:`prepare_image_part`) within ``limits``.
+
+    Every image is read and its size checked (count, pixels per image, pixels in all) before any of
+    them is decoded, so an oversized request costs no decoding (:func:`open_request`, then
+    :func:`decode_request`).
 
     Raises:
-        ImageError: an image fails, or there are more than ``limits.max_images`` images.
+        ImageError: an image fails, or the request exceeds ``max_images`` or ``max_total_pixels``.
 
     """
     limits = limits or ImageLimits()
-    if len(request.images) > limits.max_images:
-        raise ImageError(f"the request has {len(request.images)} images; the limit is {limits.max_images}")
-    if not request.images:
-        return request
+    return decode_request(open_request(request, limits, allow_urls), limits)
+
+
+@dataclass(frozen=True)
+class OpenedRequest:
+    """A request whose images are read and measured but not decoded yet (see :func:`open_request`)."""
+
+    request: ChatRequest
+    images: dict[int, Image.Image]
+    """Opened images by ``id()`` of their part; parts already prepared are not here."""
+    pixels: int
+    """Decoded pixels the images will take, in all."""
+
+
+def open_request(request: ChatRequest, limits: ImageLimits, allow_urls: bool = False) -> OpenedRequest:
+    """Read every image of ``request`` and check its limits from the headers; decode nothing.
+
+    Raises:
+        ImageError: an image fails, or the request exceeds ``max_images`` or ``max_total_pixels``.
+
+    """
+    parts = request.images
+    if len(parts) > limits.max_images:
+        raise ImageError(f"the request has {len(parts)} images; the limit is {limits.max_images}")
+    images = {id(p): open_image(p.image, limits, allow_urls) for p in parts if not _prepared(p)}
+    pixels = sum(image.size[0] * image.size[1] for image in images.values())
+    if pixels > limits.max_total_pixels:
+        raise ImageError(f"the request's images hold {pixels} pixels; the limit is {limits.max_total_pixels}")
+    return OpenedRequest(request=request, images=images, pixels=pixels)
+
+
+def decode_request(opened: OpenedRequest, limits: ImageLimits) -> ChatRequest:
+    """Decode and normalise the images :func:`open_request` opened; the request with prepared parts.
+
+    Raises:
+        ImageError: corrupt or truncated image data.
+
+    """
+    if not opened.images:
+        return opened.request
+    done = {key: _finish(_normalise(image, limits)) for key, image in opened.images.items()}
     messages = tuple(
         message.model_copy(
-            update={
-                "content": tuple(
-                    prepare_image_part(p, limits, allow_urls) if isinstance(p, ImagePart) else p
-                    for p in message.content
-                )
-            }
+            update={"content": tuple(done.get(id(p), p) if isinstance(p, ImagePart) else p for p in message.content)}
         )
         if message.images
         else message
-        for message in request.messages
+        for message in opened.request.messages
     )
-    return request.model_copy(update={"messages": messages})
+    return opened.request.model_copy(update={"messages": messages})
+
+
+def _prepared(part: ImagePart) -> bool:
+    return part.digest is not None and isinstance(part.image, Image.Image)
+
+
+def _finish(image: Image.Image) -> ImagePart:
+    digest = image_digest(image)
+    image.info[DIGEST_KEY] = digest  # lets backends cache per-image work (see backends/hf_reuse.py)
+    return ImagePart(image=image, digest=digest)
 
 
 def image_digest(image: Image.Image) -> str:
@@ -109,7 +174,12 @@ def image_to_data_url(image: Image.Image, fmt: str = "PNG") -> str:
     return f"data:image/{fmt.lower()};base64,{payload}"
 
 
+_URL_FIELD = "an image URL must be a data: URL or an http(s) URL"
+
+
 def _read_source(source: Any, limits: ImageLimits, allow_urls: bool) -> bytes:
+    if isinstance(source, ImageURL):
+        return _read_url_field(source.url, limits, allow_urls)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
     if isinstance(source, Path):
@@ -131,6 +201,18 @@ def _read_source(source: Any, limits: ImageLimits, allow_urls: bool) -> bytes:
     if len(text) < 1024 and Path(text).expanduser().is_file():
         return _read_file(Path(text).expanduser(), limits)
     return _decode_base64(text, limits)
+
+
+def _read_url_field(url: str, limits: ImageLimits, allow_urls: bool) -> bytes:
+    """A URL field's value: a data: URL, or http(s) when allowed; never a path (one message for all else)."""
+    text = url.strip()
+    if text[:5].lower() == "data:":
+        return _read_data_url(text, limits)
+    if urlsplit(text).scheme.lower() in ("http", "https") and "://" in text[:10]:
+        if not allow_urls:
+            raise ImageError("image URLs are refused (set allow_image_urls=True to fetch them): " + text[:100])
+        return _fetch_url(text, limits)
+    raise ImageError(_URL_FIELD)  # the same words for any path, existing or not: no oracle
 
 
 def _read_file(path: Path, limits: ImageLimits) -> bytes:
@@ -166,45 +248,106 @@ def _decode_base64(text: str, limits: ImageLimits) -> bytes:
 
 
 def _fetch_url(url: str, limits: ImageLimits) -> bytes:
+    """GET ``url`` within ``limits.url_timeout_s`` in all, connecting only to a checked public address.
+
+    The host is resolved once and the connection goes to the address that was checked (TLS still
+    verifies the host name, sent as SNI), so a resolver that answers differently the second time
+    (DNS rebinding) cannot steer the fetch to a private address. Redirects are followed by hand, each
+    target checked the same way. Proxies from the environment are not used.
+    """
     import httpx
 
-    try:
-        with httpx.Client(timeout=limits.url_timeout_s, follow_redirects=False) as client:
-            for _ in range(_MAX_REDIRECTS + 1):
-                _refuse_private_host(url)
-                with client.stream("GET", url) as response:
+    deadline = time.monotonic() + limits.url_timeout_s
+    for _ in range(_MAX_REDIRECTS + 1):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ImageError(f"unsupported image URL {url[:100]}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        address = _public_address(parts.hostname, port)
+        pinned = urlunsplit(parts._replace(netloc=f"{_netloc_host(address)}:{port}"))
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ImageError(f"fetching {url[:100]} took longer than {limits.url_timeout_s:g} s")
+        try:
+            with httpx.Client(timeout=remaining, follow_redirects=False, trust_env=False) as client:
+                request = client.build_request(
+                    "GET", pinned, headers={"Host": parts.netloc}, extensions={"sni_hostname": parts.hostname}
+                )
+                response = client.send(request, stream=True)
+                try:
                     if response.is_redirect:
-                        url = str(response.next_request.url) if response.next_request else ""
+                        url = urljoin(url, response.headers.get("location", ""))
                         continue
                     response.raise_for_status()
-                    chunks: list[bytes] = []
-                    received = 0
-                    for chunk in response.iter_bytes():
-                        received += len(chunk)
-                        if received > limits.max_bytes:
-                            raise ImageError(f"image at {url} exceeds {limits.max_bytes} bytes")
-                        chunks.append(chunk)
-                    return b"".join(chunks)
-            raise ImageError(f"too many redirects fetching {url}")
-    except httpx.HTTPError as exc:
-        raise ImageError(f"cannot fetch image {url}: {exc}") from exc
+                    return _read_body_within(response, url, limits, deadline)
+                finally:
+                    response.close()
+        except httpx.HTTPError as exc:
+            raise ImageError(f"cannot fetch image {url[:100]}: {exc}") from exc
+    raise ImageError(f"too many redirects fetching {url[:100]}")
 
 
-def _refuse_private_host(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ImageError(f"unsupported image URL {url[:100]}")
+def _read_body_within(response: Any, url: str, limits: ImageLimits, deadline: float) -> bytes:
+    chunks: list[bytes] = []
+    received = 0
+    for chunk in response.iter_bytes():
+        received += len(chunk)
+        if received > limits.max_bytes:
+            raise ImageError(f"image at {url[:100]} exceeds {limits.max_bytes} bytes")
+        if time.monotonic() > deadline:  # a server that trickles bytes must not hold us past the deadline
+            raise ImageError(f"fetching {url[:100]} took longer than {limits.url_timeout_s:g} s")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _public_address(host: str, port: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Resolve ``host`` once; every address it has must be public. Returns the one to connect to."""
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except OSError as exc:
-        raise ImageError(f"cannot resolve image host {parts.hostname}: {exc}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise ImageError(f"image host {parts.hostname} resolves to a non-public address")
+        raise ImageError(f"cannot resolve image host {host}: {exc}") from exc
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    if not addresses or not all(is_public_address(a) for a in addresses):
+        raise ImageError(f"image host {host} resolves to a non-public address")
+    return addresses[0]
 
 
-def _decode(data: bytes, limits: ImageLimits) -> Image.Image:
+def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``address`` is a global unicast address, IPv4 embedded in IPv6 included.
+
+    IPv4-mapped (``::ffff:127.0.0.1``), IPv4-compatible (``::127.0.0.1``), NAT64 (``64:ff9b::7f00:1``),
+    6to4 (``2002:7f00:1::``) and Teredo addresses are judged by the IPv4 address they carry.
+    """
+    if address.is_multicast or address.is_unspecified or not address.is_global:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            return is_public_address(embedded)
+    return True
+
+
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if address in _IPV4_COMPATIBLE or any(address in net for net in _NAT64):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def _netloc_host(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return f"[{address}]" if address.version == 6 else str(address)
+
+
+def _open(data: bytes, limits: ImageLimits) -> Image.Image:
     if not data:
         raise ImageError("empty image data")
     if len(data) > limits.max_bytes:
@@ -217,7 +360,7 @@ def _decode(data: bytes, limits: ImageLimits) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=formats)
+            return Image.open(io.BytesIO(data), formats=formats)
     except UnidentifiedImageError as exc:
         raise ImageError(
             "unsupported or unrecognised image format (accepted: " + ", ".join(ALLOWED_FORMATS) + ")"
@@ -226,15 +369,10 @@ def _decode(data: bytes, limits: ImageLimits) -> Image.Image:
         raise ImageError(f"image has too many pixels (decompression bomb?): {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"corrupt image: {exc}") from exc
-    return _normalise(image, limits)
 
 
 def _normalise(image: Image.Image, limits: ImageLimits) -> Image.Image:
-    width, height = image.size
-    if width < 1 or height < 1:
-        raise ImageError(f"image has no pixels ({width}x{height})")
-    if width * height > limits.max_pixels:
-        raise ImageError(f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}")
+    """Decode (first frame), apply the EXIF orientation and convert to RGB; ``image`` passed :func:`open_image`."""
     try:
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)  # animations: the first frame

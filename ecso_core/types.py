@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+
+from .cancel import CancelToken
 
 __all__ = [
     "ChatReply",
     "ChatRequest",
     "GenerationParams",
     "ImagePart",
+    "ImageURL",
     "Message",
     "Part",
     "Role",
@@ -43,13 +47,27 @@ class TextPart(_Frozen):
     """The text itself."""
 
 
+@dataclass(frozen=True)
+class ImageURL:
+    """An image named by a URL field (OpenAI ``image_url.url``, LangChain and LlamaIndex URL blocks).
+
+    Only a ``data:`` URL, or an ``http(s)`` URL where the config allows fetching, is accepted; anything
+    else (a file path, ``~/...``, ``file:``) is refused with one message that does not depend on the
+    file. Translators of wire formats wrap URL strings in it, so a string that came from a URL field is
+    never read as a path; Python callers who mean a file pass a ``Path`` or a plain string.
+    """
+
+    url: str
+
+
 class ImagePart(_Frozen):
     """An image inside a message.
 
-    ``image`` may be a ``PIL.Image.Image``, raw ``bytes``, a file path (``str`` or ``Path``), a base64
-    string, a ``data:`` URL, or an ``http(s)`` URL (refused unless the config allows URLs). Nothing is
-    read when the part is built: :func:`ecso_core.images.prepare_image_part` loads and validates it
-    within limits and returns a part whose ``image`` is a normalised RGB PIL image with a ``digest``.
+    ``image`` may be a ``PIL.Image.Image``, raw ``bytes``, a file path (``Path``, or a ``str`` naming an
+    existing file), a base64 string, a ``data:`` URL, an ``http(s)`` URL (refused unless the config
+    allows URLs), or an :class:`ImageURL` (a URL field's value: never a path). Nothing is read when the
+    part is built: :func:`ecso_core.images.prepare_image_part` loads and validates it within limits and
+    returns a part whose ``image`` is a normalised RGB PIL image with a ``digest``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -68,6 +86,8 @@ class ImagePart(_Frozen):
 
 def describe_image_source(image: Any) -> str:
     """Return a short, printable description of an image source (for traces and logs)."""
+    if isinstance(image, ImageURL):
+        image = image.url if image.url.startswith(("data:", "http://", "https://")) else "url-field"
     if isinstance(image, Path):
         return f"path:{image}"
     if isinstance(image, str):
@@ -148,12 +168,16 @@ class GenerationParams(_Frozen):
 class ChatRequest(_Frozen):
     """A chat-completion request: a conversation plus decoding parameters and optional tools."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
     messages: tuple[Message, ...]
     params: GenerationParams = GenerationParams()
     tools: tuple[dict[str, Any], ...] = ()
     """Tool definitions in OpenAI function format (``{"type": "function", "function": {...}}``)."""
     tool_choice: str | dict[str, Any] | None = None
     """OpenAI ``tool_choice`` (``"auto"``, ``"required"``, ``"none"``, a named function); None: model default."""
+    cancel: CancelToken | None = Field(default=None, exclude=True, repr=False)
+    """Stops this request's work when cancelled (see :mod:`ecso_core.cancel`); never serialised."""
 
     @model_validator(mode="after")
     def _not_empty(self) -> ChatRequest:

@@ -20,7 +20,17 @@ from PIL import Image
 from ecso_core.errors import MessageError
 from ecso_core.images import image_to_data_url, load_image
 from ecso_core.result import ECSOResult
-from ecso_core.types import ChatReply, ChatRequest, GenerationParams, ImagePart, Message, TextPart, TokenUsage, ToolCall
+from ecso_core.types import (
+    ChatReply,
+    ChatRequest,
+    GenerationParams,
+    ImagePart,
+    ImageURL,
+    Message,
+    TextPart,
+    TokenUsage,
+    ToolCall,
+)
 
 __all__ = [
     "ai_message",
@@ -96,7 +106,7 @@ def _message(message: BaseMessage) -> Message:
             parts.append(ImagePart(image=_image_source(block)))
         elif kind == "image_url":  # OpenAI-style block the normaliser left as is
             url = block["image_url"]["url"] if isinstance(block.get("image_url"), dict) else block.get("image_url")
-            parts.append(ImagePart(image=url))
+            parts.append(ImagePart(image=ImageURL(str(url))))
         elif kind in _SKIPPED:
             continue
         else:
@@ -108,12 +118,12 @@ def _message(message: BaseMessage) -> Message:
     return Message(role=role, content=tuple(parts), tool_calls=calls, name=message.name)
 
 
-def _image_source(block: dict[str, Any]) -> str:
+def _image_source(block: dict[str, Any]) -> ImageURL:
     if block.get("base64"):
         mime = block.get("mime_type") or "image/png"
-        return f"data:{mime};base64,{block['base64']}"
+        return ImageURL(f"data:{mime};base64,{block['base64']}")
     if block.get("url"):
-        return str(block["url"])
+        return ImageURL(str(block["url"]))  # a URL field: never read as a path
     raise MessageError("image blocks must carry base64 data or a URL (file ids cannot be resolved here)")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import io
 import json
 from collections.abc import Sequence
@@ -23,7 +24,17 @@ from PIL import Image
 from ecso_core.errors import MessageError
 from ecso_core.images import load_image
 from ecso_core.result import ECSOResult
-from ecso_core.types import ChatReply, ChatRequest, GenerationParams, ImagePart, Message, TextPart, TokenUsage, ToolCall
+from ecso_core.types import (
+    ChatReply,
+    ChatRequest,
+    GenerationParams,
+    ImagePart,
+    ImageURL,
+    Message,
+    TextPart,
+    TokenUsage,
+    ToolCall,
+)
 
 __all__ = [
     "chat_response",
@@ -118,12 +129,15 @@ def _image_source(block: ImageBlock) -> Any:
         data = block.image
         if isinstance(data, io.IOBase):
             data.seek(0)
-            data = base64.b64encode(data.read())
-        return data.decode("ascii") if isinstance(data, bytes) else data  # stored base64-encoded
+            return data.read()
+        try:  # LlamaIndex stores the bytes base64-encoded
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise MessageError("an ImageBlock whose image is not base64-encoded bytes") from exc
     if block.path is not None:
-        return Path(block.path)
+        return Path(block.path)  # a Python caller named a file
     if block.url is not None:
-        return str(block.url)
+        return ImageURL(str(block.url))  # a URL field: never read as a path
     raise MessageError("an ImageBlock without image data, path or URL")
 
 

@@ -190,7 +190,7 @@ def test_allowed_url_is_fetched_with_redirects_and_size_limit(
     image_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The loopback test server is private; lift only that check to exercise the fetch path.
-    monkeypatch.setattr(images_module, "_refuse_private_host", lambda url: None)
+    monkeypatch.setattr(images_module, "is_public_address", lambda address: True)
     assert load_image(f"{image_server}/ok.png", allow_urls=True).getpixel((0, 0)) == (0, 128, 0)
     assert load_image(f"{image_server}/redirect", allow_urls=True).size == (5, 5)
     with pytest.raises(ImageError, match="exceeds"):

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..cancel import task_cancelling
 from ..errors import BackendError, BackendTimeoutError, BackendUnavailableError
 from ..images import image_to_data_url, load_image
 from ..types import ChatReply, ChatRequest, ImagePart, TextPart, TokenUsage, ToolCall, YesNoScore
@@ -194,28 +195,36 @@ class OpenAIBackend(BackendBase):
     # ---- protocol ---------------------------------------------------------------------------
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
-        """Answer each request; up to ``max_concurrency`` HTTP calls run at once."""
+        """Answer each request; up to ``max_concurrency`` HTTP calls run at once.
+
+        A cancelled request (see :attr:`ChatRequest.cancel`) is not sent and gets an empty
+        ``finish_reason="cancelled"`` reply; with :meth:`agenerate` one already in flight is dropped.
+        """
         bodies = [self._body(r) for r in requests]
-        return [from_payload(b) for b in self._pool.map(self._post, bodies)]
+        posted = self._pool.map(self._post_unless_cancelled, requests, bodies)
+        return [_CANCELLED if b is None else from_payload(b) for b in posted]
 
     async def agenerate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
         """Answer each request concurrently on the event loop."""
         bodies = [self._body(r) for r in requests]
-        return [from_payload(b) for b in await asyncio.gather(*(self._apost(b) for b in bodies))]
+        posted = await asyncio.gather(*(self._apost_cancellable(r, b) for r, b in zip(requests, bodies, strict=True)))
+        return [_CANCELLED if b is None else from_payload(b) for b in posted]
 
     def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
         """First-token yes/no probabilities from ``logprobs``; None where the server sent none."""
         if self._no_logprobs:
             return [None] * len(requests)
         bodies = [self._score_body(r) for r in requests]
-        return [self._score(b) for b in self._pool.map(self._post, bodies)]
+        posted = self._pool.map(self._post_unless_cancelled, requests, bodies)
+        return [None if b is None else self._score(b) for b in posted]
 
     async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
         """Async :meth:`score_yes_no`."""
         if self._no_logprobs:
             return [None] * len(requests)
         bodies = [self._score_body(r) for r in requests]
-        return [self._score(b) for b in await asyncio.gather(*(self._apost(b) for b in bodies))]
+        posted = await asyncio.gather(*(self._apost_cancellable(r, b) for r, b in zip(requests, bodies, strict=True)))
+        return [None if b is None else self._score(b) for b in posted]
 
     def close(self) -> None:
         """Close the sync HTTP client and the worker pool (see :meth:`aclose` for the async clients)."""
@@ -251,6 +260,28 @@ class OpenAIBackend(BackendBase):
         if score is None and self.settings.logprobs == "auto":
             self._no_logprobs = True
         return score
+
+    def _post_unless_cancelled(self, request: ChatRequest, body: dict[str, Any]) -> dict[str, Any] | None:
+        return None if request.cancel is not None and request.cancel.cancelled else self._post(body)
+
+    async def _apost_cancellable(self, request: ChatRequest, body: dict[str, Any]) -> dict[str, Any] | None:
+        """POST ``body``; None, without waiting for the server, once the request is cancelled."""
+        token = request.cancel
+        if token is None:
+            return await self._apost(body)
+        if token.cancelled:
+            return None
+        post = asyncio.ensure_future(self._apost(body))
+        loop = asyncio.get_running_loop()
+        forget = token.on_cancel(lambda: loop.call_soon_threadsafe(post.cancel))
+        try:
+            return await post
+        except asyncio.CancelledError:
+            if token.cancelled and not task_cancelling():
+                return None  # the HTTP request was dropped: the server stops generating for it
+            raise
+        finally:
+            forget()
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         for attempt in range(self.settings.max_retries + 1):
@@ -305,6 +336,9 @@ class OpenAIBackend(BackendBase):
                 except ValueError:
                     pass
         return self.settings.backoff_s * (2**attempt)
+
+
+_CANCELLED = ChatReply(finish_reason="cancelled")
 
 
 def _transport_error(exc: httpx.HTTPError, base_url: str) -> Exception:

@@ -28,6 +28,7 @@ from .base import BackendBase, BackendCapabilities, check_capabilities
 try:
     import torch
     import transformers
+    from transformers import StoppingCriteria, StoppingCriteriaList
     from transformers.utils import logging as hf_logging
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise MissingDependencyError(exc.name or "transformers", "hf") from exc
@@ -194,9 +195,13 @@ class TransformersBackend(BackendBase):
     # ---- backend protocol -------------------------------------------------------------------
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
-        """Generate an answer for each request (batched per identical decoding parameters)."""
-        replies: dict[int, ChatReply] = {}
-        for params, indices in self._batches(requests):
+        """Generate an answer for each request (batched per identical decoding parameters).
+
+        A request cancelled before its batch starts gets an empty ``finish_reason="cancelled"`` reply;
+        one cancelled while generating stops at the next token (its row of the batch ends there).
+        """
+        replies: dict[int, ChatReply] = {i: _CANCELLED for i, r in enumerate(requests) if _cancelled(r)}
+        for params, indices in self._batches(requests, skip=set(replies)):
             for index, reply in zip(indices, self._generate_batch([requests[i] for i in indices], params), strict=True):
                 replies[index] = reply
         return [replies[i] for i in range(len(requests))]
@@ -207,8 +212,8 @@ class TransformersBackend(BackendBase):
         Prompts that start like ones already run (the same image behind the same template prefix, as
         ECSO's check does after its answer) compute only their new tokens.
         """
-        scores: dict[int, YesNoScore | None] = {}
-        for _, indices in self._batches(requests, by_params=False):
+        scores: dict[int, YesNoScore | None] = {i: None for i, r in enumerate(requests) if _cancelled(r)}
+        for _, indices in self._batches(requests, by_params=False, skip=set(scores)):
             batch = [requests[i] for i in indices]
             inputs, prompt_tokens = self._encode(batch)
             plan = self._plan(batch, inputs)
@@ -237,11 +242,13 @@ class TransformersBackend(BackendBase):
     # ---- internals ----------------------------------------------------------------------------
 
     def _batches(
-        self, requests: Sequence[ChatRequest], by_params: bool = True
+        self, requests: Sequence[ChatRequest], by_params: bool = True, skip: Collection[int] = ()
     ) -> list[tuple[GenerationParams, list[int]]]:
-        """Group request indices by decoding params and by with/without images, in chunks."""
+        """Group request indices (but ``skip``) by decoding params and by with/without images, in chunks."""
         groups: dict[tuple[Any, bool], list[int]] = {}
         for index, request in enumerate(requests):
+            if index in skip:
+                continue
             check_capabilities(self.capabilities, request, self.name)
             key = (request.params if by_params else None, bool(request.images))
             groups.setdefault(key, []).append(index)
@@ -288,6 +295,8 @@ class TransformersBackend(BackendBase):
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        if any(r.cancel is not None for r in requests):
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopCancelled([r.cancel for r in requests])])
         plan = self._plan(requests, inputs)
         if plan is not None:  # the images are in the cached prefixes: no pixels, only new tokens prefilled
             inputs = {
@@ -309,7 +318,8 @@ class TransformersBackend(BackendBase):
             )
         new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :]
         return [
-            self._reply(row.tolist(), prompt, params) for row, prompt in zip(new_tokens, prompt_tokens, strict=True)
+            _CANCELLED if _cancelled(request) else self._reply(row.tolist(), prompt, params)
+            for request, row, prompt in zip(requests, new_tokens, prompt_tokens, strict=True)
         ]
 
     def _plan(self, requests: Sequence[ChatRequest], inputs: Any) -> ReusePlan | None:
@@ -342,6 +352,24 @@ class TransformersBackend(BackendBase):
                 text, finish = text[: text.index(stop)], "stop"
         usage = TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=len(kept))
         return ChatReply(text=text.strip(), usage=usage, finish_reason=finish)
+
+
+_CANCELLED = ChatReply(finish_reason="cancelled")
+
+
+def _cancelled(request: ChatRequest) -> bool:
+    return request.cancel is not None and request.cancel.cancelled
+
+
+class _StopCancelled(StoppingCriteria):
+    """Ends the rows of a batch whose request was cancelled, at the next generated token."""
+
+    def __init__(self, tokens: list[Any]) -> None:
+        self.tokens = tokens
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        done = [token is not None and token.cancelled for token in self.tokens]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 _DOWNLOAD_HINT = (

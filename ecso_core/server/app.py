@@ -16,6 +16,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from ..backends.base import VisionChatBackend
+from ..cancel import CancelToken
+from ..config import ImageLimits
 from ..errors import (
     BackendError,
     BackendTimeoutError,
@@ -27,10 +29,16 @@ from ..errors import (
     MissingDependencyError,
 )
 from ..guard import ECSO
-from ..images import prepare_request
 from ..result import ECSOResult
-from ..types import ChatRequest
-from .protocol import ChatCompletionRequest, completion_body, error_body, stream_bodies, to_chat_request
+from .admission import PixelBudget, admit_images
+from .protocol import (
+    ChatCompletionRequest,
+    RequestLimits,
+    completion_body,
+    error_body,
+    stream_bodies,
+    to_chat_request,
+)
 from .service import ChatService
 
 try:
@@ -78,6 +86,8 @@ def create_app(
     request_timeout_s: float = 300.0,
     default_max_tokens: int = 1024,
     keepalive_s: float = 10.0,
+    public_metrics: bool = False,
+    limits: RequestLimits | None = None,
 ) -> FastAPI:
     """Build the app serving ``backend`` (usually an :class:`~ecso_core.guard.ECSO` guard).
 
@@ -94,10 +104,16 @@ def create_app(
         keepalive_s: a streamed request still undecided after this starts its SSE stream with
             keep-alive comments (proxies and clients would otherwise time out on a silent socket);
             a failure after that point arrives as an SSE ``error`` event.
+        public_metrics: serve ``/metrics`` without the API key (by default it needs it when one is set).
+        limits: per-request bounds (tokens, prompt size, image deadline, pixels in flight).
 
     """
     name = model_name or backend.name
     audit = isinstance(backend, ECSO) and backend.config.in_band_audit
+    limits = limits or RequestLimits()
+    image_limits = backend.config.image_limits if isinstance(backend, ECSO) else ImageLimits()
+    allow_urls = isinstance(backend, ECSO) and backend.config.allow_image_urls
+    budget = PixelBudget(limits.max_inflight_pixels)
     service = ChatService(
         backend, max_batch_size=max_batch_size, batch_window_s=batch_window_s, request_timeout_s=request_timeout_s
     )
@@ -128,23 +144,37 @@ def create_app(
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "ecso"}]}
 
     @app.get("/metrics")
-    async def metrics() -> PlainTextResponse:
+    async def metrics(request: Request) -> PlainTextResponse:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        if not public_metrics:
+            _authorise(request, api_key)
 
         return PlainTextResponse(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
+        token = CancelToken()
         try:
             _authorise(request, api_key)
             body = await _read_body(request, max_body_bytes)
-            chat_request = _checked(to_chat_request(body, default_max_tokens), backend)
+            chat_request = to_chat_request(body, default_max_tokens, limits).model_copy(update={"cancel": token})
+            # Images are read and decoded off the loop, within a deadline and the server's pixel budget,
+            # so that a bad image is a 400 before anything streams.
+            chat_request, pixels = await admit_images(
+                chat_request, image_limits, allow_urls, budget, limits.image_deadline_s
+            )
             answer = asyncio.ensure_future(service.complete(chat_request))
+            answer.add_done_callback(lambda _: budget.release(pixels) if pixels else None)
+            watch = asyncio.ensure_future(_cancel_on_disconnect(request, token, answer))
             if body.stream and not (await asyncio.wait({answer}, timeout=keepalive_s))[0]:
                 service.metrics.requests.labels("200").inc()  # committed to a stream from here on
-                return StreamingResponse(_late_sse(answer, name, keepalive_s, audit), media_type="text/event-stream")
+                late = _late_sse(answer, name, keepalive_s, audit, token)
+                return StreamingResponse(late, media_type="text/event-stream", headers=_SSE_HEADERS)
             reply = await answer
+            watch.cancel()
         except Exception as exc:
+            token.cancel("the request failed")
             problem = _problem(exc)
             service.metrics.requests.labels(str(problem.status)).inc()
             raise problem from exc
@@ -156,9 +186,13 @@ def create_app(
         if not body.stream:
             return JSONResponse(completion_body(reply, name, completion_id, created, audit), headers=headers)
         chunks = stream_bodies(reply, name, completion_id, created, audit)
-        return StreamingResponse(_sse(chunks), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(_sse(chunks), media_type="text/event-stream", headers=headers | _SSE_HEADERS)
 
     return app
+
+
+# Proxies (nginx) buffer responses unless told not to; an SSE stream must reach the client as written.
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _authorise(request: Request, api_key: str | None) -> None:
@@ -186,6 +220,8 @@ async def _read_body(request: Request, limit: int) -> ChatCompletionRequest:
         raise HTTPProblem(
             400, f"request body is not valid JSON: {exc}", "invalid_request_error", "invalid_json"
         ) from exc
+    except RecursionError as exc:  # e.g. 100k nested arrays: bad input, not a server fault
+        raise HTTPProblem(400, "request body is nested too deeply", "invalid_request_error", "invalid_json") from exc
     try:
         return ChatCompletionRequest.model_validate(payload)
     except ValidationError as exc:
@@ -193,18 +229,26 @@ async def _read_body(request: Request, limit: int) -> ChatCompletionRequest:
         raise HTTPProblem(400, f"invalid request: {detail}", "invalid_request_error", "invalid_request") from exc
 
 
-def _checked(request: ChatRequest, backend: VisionChatBackend) -> ChatRequest:
-    """Load and check images now, so that a bad image is a 400 even for a streamed request."""
-    if isinstance(backend, ECSO):
-        return prepare_request(request, backend.config.image_limits, backend.config.allow_image_urls)
-    return request
-
-
-async def _late_sse(answer: asyncio.Future[Any], name: str, keepalive_s: float, audit: bool) -> AsyncIterator[bytes]:
-    """An SSE stream opened before the verdict: keep-alive comments, then the answer (or an error event)."""
+async def _cancel_on_disconnect(request: Request, token: CancelToken, answer: asyncio.Future[Any]) -> None:
+    """Cancel the request's work when its client goes away before the answer (the model stops for it)."""
     while not answer.done():
-        yield b": ecso is checking the answer\n\n"
-        await asyncio.wait({answer}, timeout=keepalive_s)
+        if await request.is_disconnected():
+            token.cancel("the client disconnected")
+            return
+        await asyncio.wait({answer}, timeout=0.25)
+
+
+async def _late_sse(
+    answer: asyncio.Future[Any], name: str, keepalive_s: float, audit: bool, token: CancelToken
+) -> AsyncIterator[bytes]:
+    """An SSE stream opened before the verdict: keep-alive comments, then the answer (or an error event)."""
+    try:
+        while not answer.done():
+            yield b": ecso is checking the answer\n\n"
+            await asyncio.wait({answer}, timeout=keepalive_s)
+    finally:
+        if not answer.done():  # the stream was closed under us: the client is gone
+            token.cancel("the client disconnected")
     try:
         reply = answer.result()
     except Exception as exc:  # noqa: BLE001 - the status line is sent: report in-band, as OpenAI does

@@ -9,10 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import MessageError
 from ..result import ECSOResult
-from ..types import ChatReply, ChatRequest, GenerationParams, ImagePart, Message, TextPart, ToolCall
+from ..types import ChatReply, ChatRequest, GenerationParams, ImagePart, ImageURL, Message, TextPart, ToolCall
 
 __all__ = [
     "ChatCompletionRequest",
+    "RequestLimits",
     "chunk_body",
     "completion_body",
     "ecso_field",
@@ -27,7 +28,7 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class ImageURL(_Open):
+class ImageURLIn(_Open):
     url: str
     detail: str | None = None
 
@@ -39,7 +40,7 @@ class TextContent(_Open):
 
 class ImageContent(_Open):
     type: Literal["image_url"]
-    image_url: ImageURL | str
+    image_url: ImageURLIn | str
 
 
 ContentPart = Annotated[Union[TextContent, ImageContent], Field(discriminator="type")]
@@ -81,17 +82,46 @@ class ChatCompletionRequest(_Open):
     n: int | None = Field(default=None, ge=1, le=1)
 
 
-def to_chat_request(body: ChatCompletionRequest, default_max_tokens: int = 1024) -> ChatRequest:
-    """Translate a chat-completions request into the core :class:`ChatRequest`.
+class RequestLimits(BaseModel):
+    """Bounds on one request that the server enforces before any model work (an OpenAI-shaped 400 if exceeded).
+
+    Image bounds (count, pixels per image, pixels per request) are the guard's ``ECSOConfig.image_limits``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_tokens: int = Field(default=4096, ge=1)
+    """Most ``max_tokens`` / ``max_completion_tokens`` a client may ask for."""
+    max_prompt_chars: int = Field(default=100_000, ge=1)
+    """Most characters of text over all messages and tool definitions (a model-independent proxy for
+    prompt tokens: about 25,000 tokens of English)."""
+    image_deadline_s: float = Field(default=30.0, gt=0)
+    """Time allowed to read and decode a request's images (fetches included, when URLs are allowed)."""
+    max_inflight_pixels: int = Field(default=400_000_000, ge=1)
+    """Decoded image pixels of all requests in flight on the server (about 1.2 GB as RGB); a request
+    waits for room before decoding, up to ``image_deadline_s``."""
+
+
+def to_chat_request(
+    body: ChatCompletionRequest, default_max_tokens: int = 1024, limits: RequestLimits | None = None
+) -> ChatRequest:
+    """Translate a chat-completions request into the core :class:`ChatRequest`, within ``limits``.
 
     Raises:
-        MessageError: malformed tool-call arguments.
+        MessageError: malformed tool-call arguments, or a limit exceeded.
 
     """
+    limits = limits or RequestLimits()
+    asked = body.max_completion_tokens or body.max_tokens or default_max_tokens
+    if asked > limits.max_tokens:
+        raise MessageError(f"max_tokens is {asked}; this server allows at most {limits.max_tokens}")
     messages = tuple(_message(m) for m in body.messages)
+    chars = sum(len(m.text) for m in messages) + len(json.dumps(body.tools or [])) - 2
+    if chars > limits.max_prompt_chars:
+        raise MessageError(f"the prompt has {chars} characters; this server allows at most {limits.max_prompt_chars}")
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     params = GenerationParams(
-        max_new_tokens=body.max_completion_tokens or body.max_tokens or default_max_tokens,
+        max_new_tokens=asked,
         temperature=body.temperature or 0.0,
         top_p=body.top_p or 1.0,
         stop=stop,
@@ -110,7 +140,7 @@ def _message(message: ChatMessageIn) -> Message:
             content.append(TextPart(text=part.text))
         else:
             url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
-            content.append(ImagePart(image=url))
+            content.append(ImagePart(image=ImageURL(url)))  # a URL field: never read as a server path
     calls = []
     for call in message.tool_calls or []:
         try:

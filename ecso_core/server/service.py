@@ -112,7 +112,13 @@ class ChatService:
         try:
             reply = await asyncio.wait_for(asyncio.shield(future), self.request_timeout_s)
         except asyncio.TimeoutError:
+            if request.cancel is not None:  # stop its work: later requests must not wait behind it
+                request.cancel.cancel(f"no answer within {self.request_timeout_s:g} s")
             raise BackendTimeoutError(f"no answer within {self.request_timeout_s:.0f} s") from None
+        except asyncio.CancelledError:
+            if request.cancel is not None:
+                request.cancel.cancel("the caller stopped waiting")
+            raise
         self.metrics.observe(reply, time.perf_counter() - start)
         return reply
 
@@ -132,6 +138,7 @@ class ChatService:
             task = asyncio.create_task(self._answer(batch))
             self._inflight.add(task)
             task.add_done_callback(lambda t: (self._inflight.discard(t), gate.release()))
+            del batch  # the next wait must not keep this batch (its images, its answers) alive
 
     async def _answer(self, batch: list[_Pending]) -> None:
         outcomes = await self._outcomes([p.request for p in batch])
