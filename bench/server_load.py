@@ -113,7 +113,9 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as config:
-        json.dump({"caption_params": {"max_new_tokens": args.max_tokens}}, config)
+        # tiny-random's random weights put little mass on yes/no: a floor of 0 keeps its verdicts on the
+        # probability path a real model takes (with the floor, nearly every request would fail closed).
+        json.dump({"caption_params": {"max_new_tokens": args.max_tokens}, "min_score_mass": 0.0}, config)
     common = ["--max-batch-size", str(args.max_batch_size)]
     runs = {}
     for label, extra in (("bare", ["--no-guard"]), ("guarded", ["--config", config.name])):

@@ -89,6 +89,11 @@ def serve(
         Optional[Path],
         typer.Option(help="Append every guarded result, withheld text included, to this JSONL file (operator-side)."),
     ] = None,
+    max_tokens_limit: Annotated[int, typer.Option(help="Most max_tokens a client may ask for (else 400).")] = 4096,
+    max_prompt_chars: Annotated[
+        int, typer.Option(help="Most characters of prompt text per request (else 400).")
+    ] = 100_000,
+    image_deadline: Annotated[float, typer.Option(help="Seconds to read and decode a request's images.")] = 30.0,
     public_metrics: Annotated[
         bool, typer.Option("--public-metrics", help="Serve /metrics without the API key.")
     ] = False,
@@ -104,6 +109,7 @@ def serve(
         import uvicorn
 
         from .server import create_app
+        from .server.protocol import RequestLimits
     except ImportError:
         typer.echo("error: the server needs its extra: pip install 'ecso[server]'", err=True)
         raise typer.Exit(code=1) from None
@@ -123,6 +129,9 @@ def serve(
         max_batch_size=max_batch_size,
         request_timeout_s=request_timeout,
         public_metrics=public_metrics,
+        limits=RequestLimits(
+            max_tokens=max_tokens_limit, max_prompt_chars=max_prompt_chars, image_deadline_s=image_deadline
+        ),
     )
     uvicorn.run(application, host=host, port=port, timeout_graceful_shutdown=30, log_level="warning")
 

@@ -241,14 +241,19 @@ def test_metrics_need_the_api_key_unless_made_public() -> None:
 def test_a_request_whose_images_take_too_long_gets_a_400_and_frees_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     import ecso_core.server.admission as admission
 
-    def slow_open(request: ChatRequest, *args: Any) -> Any:
-        time.sleep(1.5)
-        raise AssertionError("too late to matter")
+    decode = admission.decode_request
 
-    monkeypatch.setattr(admission, "open_request", slow_open)
-    app = create_app(ECSO(scripted()), limits=RequestLimits(image_deadline_s=0.5))
+    def slow_decode(*args: Any) -> Any:
+        time.sleep(1.5)
+        return decode(*args)
+
+    monkeypatch.setattr(admission, "decode_request", slow_decode)
+    limits = RequestLimits(image_deadline_s=0.5, max_inflight_pixels=10_000_000)  # room for one 9 MP request
+    app = create_app(ECSO(scripted()), limits=limits)
     with live(app) as url:
         start = time.perf_counter()
-        response = post(url, body(PNG_URL))
+        response = post(url, body(big_png(3000, "blue")))  # 9 MP: decoded in a worker thread
         assert response.status_code == 400 and "longer than 0.5 s" in response.json()["error"]["message"]
         assert time.perf_counter() - start < 1.4
+        monkeypatch.setattr(admission, "decode_request", decode)
+        assert post(url, body(big_png(3000, "red"))).status_code == 200  # its pixels were given back

@@ -1,9 +1,11 @@
-"""Admission of a request's images: read and decoded off the event loop, within a deadline and a budget.
+"""Admission of a request's images: within a deadline and a budget, never blocking the event loop for long.
 
-The event loop only awaits: reading, measuring and decoding run in worker threads, so ``/health`` and
-other requests are served meanwhile. A request's images are measured from their headers first; its
-decoded pixels must fit in a server-wide budget (:class:`PixelBudget`) before any is decoded, and stay
-counted until the request is answered, since the guard keeps them for its later steps.
+A request's images are measured from their headers first; its decoded pixels must fit in a
+server-wide budget (:class:`PixelBudget`) before any is decoded, and stay counted until the request is
+answered, since the guard keeps them for its later steps. Work that can take long runs in worker
+threads, so ``/health`` and other requests are served meanwhile: URL fetches, and decoding more than a
+few megapixels. Small requests are read and decoded in place (milliseconds), which keeps concurrent
+requests arriving at the batcher together.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import functools
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..config import ImageLimits
@@ -74,6 +78,11 @@ class PixelBudget:
 
 
 _TRIM_AFTER_PIXELS = 50_000_000
+# Decoding up to this many pixels takes a few milliseconds: done on the loop, so that concurrent requests
+# still reach the batcher together; larger requests go to worker threads.
+_INLINE_PIXELS = 4_000_000
+# Images get threads of their own: in the loop's default executor they would queue with the model's calls.
+_IMAGE_THREADS = ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 2) // 2), thread_name_prefix="ecso-images")
 
 
 def return_freed_memory() -> None:
@@ -95,6 +104,10 @@ def _malloc_trim() -> Any:
         return None
 
 
+async def _off_loop(timeout: float, function: Any, *args: Any) -> Any:
+    return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(_IMAGE_THREADS, function, *args), timeout)
+
+
 async def admit_images(
     request: ChatRequest, limits: ImageLimits, allow_urls: bool, budget: PixelBudget, deadline_s: float
 ) -> tuple[ChatRequest, int]:
@@ -113,10 +126,17 @@ async def admit_images(
         return max(deadline_s - (time.monotonic() - start), 0.0)
 
     try:
-        opened = await asyncio.wait_for(asyncio.to_thread(open_request, request, limits, allow_urls), left())
+        # Without URL fetching, reading is bounded by the body size (base64 and headers): done here.
+        opened = (
+            await _off_loop(left(), open_request, request, limits, allow_urls)
+            if allow_urls
+            else open_request(request, limits, allow_urls)
+        )
         await budget.acquire(opened.pixels, left())
         try:
-            return await asyncio.wait_for(asyncio.to_thread(decode_request, opened, limits), left()), opened.pixels
+            if opened.pixels <= _INLINE_PIXELS:  # a few milliseconds: keeps concurrent requests batching
+                return decode_request(opened, limits), opened.pixels
+            return await _off_loop(left(), decode_request, opened, limits), opened.pixels
         except BaseException:
             budget.release(opened.pixels)
             raise

@@ -166,13 +166,15 @@ def create_app(
             )
             answer = asyncio.ensure_future(service.complete(chat_request))
             answer.add_done_callback(lambda _: budget.release(pixels) if pixels else None)
-            watch = asyncio.ensure_future(_cancel_on_disconnect(request, token, answer))
-            if body.stream and not (await asyncio.wait({answer}, timeout=keepalive_s))[0]:
-                service.metrics.requests.labels("200").inc()  # committed to a stream from here on
-                late = _late_sse(answer, name, keepalive_s, audit, token)
-                return StreamingResponse(late, media_type="text/event-stream", headers=_SSE_HEADERS)
-            reply = await answer
-            watch.cancel()
+            watch = asyncio.ensure_future(_cancel_on_disconnect(request, token))
+            try:
+                if body.stream and not (await asyncio.wait({answer}, timeout=keepalive_s))[0]:
+                    service.metrics.requests.labels("200").inc()  # committed to a stream from here on
+                    late = _late_sse(answer, name, keepalive_s, audit, token)  # it watches the client itself
+                    return StreamingResponse(late, media_type="text/event-stream", headers=_SSE_HEADERS)
+                reply = await answer
+            finally:
+                watch.cancel()
         except Exception as exc:
             token.cancel("the request failed")
             problem = _problem(exc)
@@ -229,13 +231,15 @@ async def _read_body(request: Request, limit: int) -> ChatCompletionRequest:
         raise HTTPProblem(400, f"invalid request: {detail}", "invalid_request_error", "invalid_request") from exc
 
 
-async def _cancel_on_disconnect(request: Request, token: CancelToken, answer: asyncio.Future[Any]) -> None:
-    """Cancel the request's work when its client goes away before the answer (the model stops for it)."""
-    while not answer.done():
-        if await request.is_disconnected():
-            token.cancel("the client disconnected")
-            return
-        await asyncio.wait({answer}, timeout=0.25)
+async def _cancel_on_disconnect(request: Request, token: CancelToken) -> None:
+    """Cancel the request's work when its client goes away before the answer (the model stops for it).
+
+    The body is read, so the next ASGI message is the disconnect: awaited, not polled (polling every
+    request's connection costs a busy server a fifth of its throughput).
+    """
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    token.cancel("the client disconnected")
 
 
 async def _late_sse(

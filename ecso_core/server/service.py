@@ -114,10 +114,12 @@ class ChatService:
         except asyncio.TimeoutError:
             if request.cancel is not None:  # stop its work: later requests must not wait behind it
                 request.cancel.cancel(f"no answer within {self.request_timeout_s:g} s")
+            future.cancel()  # abandoned: its batch will not set an outcome nobody reads
             raise BackendTimeoutError(f"no answer within {self.request_timeout_s:.0f} s") from None
         except asyncio.CancelledError:
             if request.cancel is not None:
                 request.cancel.cancel("the caller stopped waiting")
+            future.cancel()
             raise
         self.metrics.observe(reply, time.perf_counter() - start)
         return reply
