@@ -33,7 +33,16 @@ except ImportError:  # pragma: no cover - older langchain-core
         pass
 
 
-__all__ = ["PARENT_KWARG", "PENDING_RUN", "StreamParent", "is_tracer", "step_callbacks"]
+__all__ = [
+    "PARENT_KWARG",
+    "PENDING_RUN",
+    "StreamParent",
+    "from_context",
+    "from_run_manager",
+    "from_stream_parent",
+    "is_tracer",
+    "step_callbacks",
+]
 
 PARENT_KWARG = "_ecso_parent"
 """Private call keyword through which ``ChatECSO.stream`` tells ``_stream`` which run it belongs to."""
@@ -79,31 +88,32 @@ def step_callbacks(
     return manager
 
 
+def _children_of(
+    manager: Any, parent_run_id: uuid.UUID | None, extra: Sequence[BaseCallbackHandler], asynchronous: bool
+) -> Any:
+    """Step callbacks inheriting ``manager``'s handlers, tags and metadata, under ``parent_run_id``."""
+    return step_callbacks(
+        manager.inheritable_handlers,
+        parent_run_id=parent_run_id,
+        tags=manager.inheritable_tags,
+        metadata=manager.inheritable_metadata,
+        extra=extra,
+        asynchronous=asynchronous,
+    )
+
+
 def from_run_manager(run_manager: Any, extra: Sequence[BaseCallbackHandler], asynchronous: bool) -> Any:
     """Step callbacks for the run of ``run_manager`` (None: a manager with no handlers)."""
     if run_manager is None:
         return step_callbacks([], parent_run_id=None, extra=extra, asynchronous=asynchronous)
-    return step_callbacks(
-        run_manager.inheritable_handlers,
-        parent_run_id=run_manager.run_id,
-        tags=run_manager.inheritable_tags,
-        metadata=run_manager.inheritable_metadata,
-        extra=extra,
-        asynchronous=asynchronous,
-    )
+    return _children_of(run_manager, run_manager.run_id, extra, asynchronous)
 
 
 def from_context(asynchronous: bool) -> Any:
     """Step callbacks under the enclosing runnable's run (a backend used outside ``ChatECSO``, e.g. in a node)."""
     config = var_child_runnable_config.get() or {}
     manager = CallbackManager.configure(config.get("callbacks"), None, False, config.get("tags"))
-    return step_callbacks(
-        manager.inheritable_handlers,
-        parent_run_id=manager.parent_run_id,
-        tags=manager.inheritable_tags,
-        metadata=manager.inheritable_metadata,
-        asynchronous=asynchronous,
-    )
+    return _children_of(manager, manager.parent_run_id, (), asynchronous)
 
 
 def from_stream_parent(
@@ -120,11 +130,4 @@ def from_stream_parent(
         config.get("metadata"),
         model.metadata,
     )
-    return step_callbacks(
-        manager.inheritable_handlers,
-        parent_run_id=parent.run_id,
-        tags=manager.inheritable_tags,
-        metadata=manager.inheritable_metadata,
-        extra=extra,
-        asynchronous=asynchronous,
-    )
+    return _children_of(manager, parent.run_id, extra, asynchronous)
