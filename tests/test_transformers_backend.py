@@ -189,7 +189,7 @@ def test_unreachable_hub_fails_fast_with_a_hint(monkeypatch: pytest.MonkeyPatch)
 def test_model_class_falls_back_to_the_configs_own_class(tmp_path: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ecso_core.backends.transformers import _model_class
+    from ecso_core.backends.hf_loading import _model_class
 
     config = LlamaConfig(
         vocab_size=32,
