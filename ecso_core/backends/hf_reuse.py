@@ -31,8 +31,10 @@ class CachedImageProcessor:
     """Wraps a transformers image processor; reuses its output per image digest.
 
     Only images that carry a digest (prepared by ecso) are cached, and only when the processor's
-    output is a set of tensors laid out image after image (true of LLaVA and Gemma 3 processors);
-    anything else goes straight to the wrapped processor.
+    output is a set of tensors laid out image after image; anything else goes straight to the wrapped
+    processor. Whether the composition equals the processor's own output is proven per model when the
+    backend loads (:func:`ecso_core.backends.hf_probe.probe_image_cache`): where it does not, the
+    backend does not use this wrapper at all.
     """
 
     def __init__(self, inner: Any, max_images: int = 64) -> None:
@@ -77,7 +79,15 @@ class CachedImageProcessor:
             while len(self._cache) > self._max:
                 self._cache.popitem(last=False)
         parts = [found[key] if key in found else fresh[key] for key in keys]
-        return parts[0].__class__({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+        try:
+            return parts[0].__class__({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+        except RuntimeError:  # per-call padding (any-res patch counts, per-image sizes): process together
+            return self._inner(images, *args, **kwargs)
+
+    def clear(self) -> None:
+        """Forget every cached output."""
+        with self._lock:
+            self._cache.clear()
 
 
 def _is_nested(images: Any) -> bool:
@@ -179,6 +189,13 @@ class PrefixCache:
                 if not siblings:
                     del self._by_images[old_key[0]]
                 self._bytes -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in old)
+
+    def clear(self) -> None:
+        """Forget every cached prefix."""
+        with self._lock:
+            self._entries.clear()
+            self._by_images.clear()
+            self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)

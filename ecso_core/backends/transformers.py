@@ -9,9 +9,11 @@ Importing this module imports torch and transformers; ``ecso_core`` imports it l
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from PIL import Image
@@ -31,7 +33,10 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
     raise MissingDependencyError(exc.name or "transformers", "hf") from exc
 
 from .hf_loading import load_pretrained  # noqa: E402
+from .hf_probe import probe_image_cache, probe_prefix_reuse  # noqa: E402
 from .hf_reuse import CachedImageProcessor, PrefixCache, ReusePlan, image_token_ids, plan_reuse  # noqa: E402
+
+_log = logging.getLogger("ecso")
 
 __all__ = [
     "TransformersBackend",
@@ -132,9 +137,11 @@ class TransformersBackend(BackendBase):
     ) -> None:
         self.model = model
         self.processor = processor
-        if getattr(processor, "image_processor", None) is not None:
-            processor.image_processor = CachedImageProcessor(processor.image_processor)
+        inner = getattr(processor, "image_processor", None)
+        if inner is not None and not isinstance(inner, CachedImageProcessor):
+            processor.image_processor = CachedImageProcessor(inner)
         self._prefix_cache = PrefixCache(prefix_cache_mb * 2**20) if prefix_cache_mb else None
+        self._reuse = self._prefix_cache is not None
         self._image_ids = image_token_ids(model)
         text_config = getattr(model.config, "text_config", model.config)
         self._window = getattr(text_config, "sliding_window", None)  # caches past it are incomplete
@@ -151,6 +158,27 @@ class TransformersBackend(BackendBase):
         self._yes_ids, self._no_ids = yes_no_token_ids(self.tokenizer)
         self._stop_ids = set(_as_list(model.generation_config.eos_token_id)) | {self.tokenizer.pad_token_id}
         self._lock = threading.Lock()  # one forward pass at a time on the model
+        self.reused_calls = 0  # model calls that ran from cached prefixes
+        # Fast paths stay on only where they are proven exact for this model (see hf_probe).
+        self.fast_paths: dict[str, str | None] = {"image_cache": probe_image_cache(self)}
+        if self.fast_paths["image_cache"] is not None and isinstance(processor.image_processor, CachedImageProcessor):
+            processor.image_processor = processor.image_processor._inner
+        self.fast_paths["prefix_reuse"] = probe_prefix_reuse(self)
+        self._reuse = self.fast_paths["prefix_reuse"] is None
+        for path, reason in self.fast_paths.items():
+            _log.info("%s: %s %s", self.name, path, "on" if reason is None else f"off ({reason})")
+
+    def describe(self) -> dict[str, Any]:
+        """What was loaded and which fast paths are on (None) or off (the reason)."""
+        image_processor = getattr(self.processor, "image_processor", None)
+        image_processor = getattr(image_processor, "_inner", image_processor)
+        return {
+            "name": self.name,
+            "model_class": type(self.model).__name__,
+            "processor_class": type(self.processor).__name__,
+            "image_processor_class": type(image_processor).__name__,
+            "fast_paths": dict(self.fast_paths),
+        }
 
     @classmethod
     def from_pretrained(cls, model: str, **settings: Any) -> TransformersBackend:
@@ -193,21 +221,7 @@ class TransformersBackend(BackendBase):
         scores: dict[int, YesNoScore | None] = {i: None for i, r in enumerate(requests) if _cancelled(r)}
         for _, indices in self._batches(requests, by_params=False, skip=set(scores)):
             batch = [requests[i] for i in indices]
-            inputs, prompt_tokens = self._encode(batch)
-            plan = self._plan(batch, inputs)
-            if plan is not None:
-                inputs = {
-                    "input_ids": plan.input_ids[:, plan.cached :],
-                    "attention_mask": plan.attention_mask,
-                    "position_ids": (plan.attention_mask.cumsum(-1) - 1).clamp(min=0)[:, plan.cached :],
-                    self._cache_arg: self._cache(plan),
-                }
-            with self._lock, torch.inference_mode():
-                try:
-                    logits = self.model(**self._on_device(inputs), logits_to_keep=1).logits[:, -1, :]
-                except (RuntimeError, ValueError) as exc:
-                    raise BackendError(f"{self.name} forward pass failed: {exc}") from exc
-            probs = torch.softmax(logits.float(), dim=-1)
+            probs, prompt_tokens = self.next_token_probs(batch)
             p_yes, p_no = probs[:, self._yes_ids].sum(-1).tolist(), probs[:, self._no_ids].sum(-1).tolist()
             for row, index in enumerate(indices):
                 scores[index] = YesNoScore(
@@ -216,6 +230,35 @@ class TransformersBackend(BackendBase):
                     usage=TokenUsage(prompt_tokens=prompt_tokens[row]),
                 )
         return [scores[i] for i in range(len(requests))]
+
+    def next_token_probs(self, requests: list[ChatRequest]) -> tuple[torch.Tensor, list[int]]:
+        """The next-token distribution after each prompt (one forward pass), and the prompts' token counts."""
+        inputs, prompt_tokens = self._encode(requests)
+        plan = self._plan(requests, inputs)
+        if plan is not None:
+            self.reused_calls += 1
+            inputs = {
+                "input_ids": plan.input_ids[:, plan.cached :],
+                "attention_mask": plan.attention_mask,
+                "position_ids": (plan.attention_mask.cumsum(-1) - 1).clamp(min=0)[:, plan.cached :],
+                self._cache_arg: self._cache(plan),
+            }
+        with self._lock, torch.inference_mode():
+            self._forget_call_state()
+            try:
+                logits = self.model(**self._on_device(inputs), logits_to_keep=1).logits[:, -1, :]
+            except (RuntimeError, ValueError) as exc:
+                raise BackendError(f"{self.name} forward pass failed: {exc}") from exc
+        return torch.softmax(logits.float(), dim=-1).cpu(), prompt_tokens
+
+    @contextmanager
+    def reuse_disabled(self) -> Iterator[None]:
+        """Run the plain computation (no prefix reuse) inside the block: what the fast path must equal."""
+        saved, self._reuse = self._reuse, False
+        try:
+            yield
+        finally:
+            self._reuse = saved
 
     # ---- internals ----------------------------------------------------------------------------
 
@@ -277,12 +320,14 @@ class TransformersBackend(BackendBase):
             kwargs["stopping_criteria"] = StoppingCriteriaList([_StopCancelled([r.cancel for r in requests])])
         plan = self._plan(requests, inputs)
         if plan is not None:  # the images are in the cached prefixes: no pixels, only new tokens prefilled
+            self.reused_calls += 1
             inputs = {
                 "input_ids": plan.input_ids,
                 "attention_mask": plan.attention_mask,
                 self._cache_arg: self._cache(plan),
             }
         with self._lock, torch.inference_mode():
+            self._forget_call_state()
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             try:
@@ -302,7 +347,7 @@ class TransformersBackend(BackendBase):
 
     def _plan(self, requests: Sequence[ChatRequest], inputs: Any) -> ReusePlan | None:
         """How to run ``inputs`` from cached prefixes, or None to run them in full."""
-        if self._prefix_cache is None or not any(r.images for r in requests):
+        if not self._reuse or self._prefix_cache is None or not any(r.images for r in requests):
             return None
         rows = [_row_ids(inputs, row) for row in range(len(requests))]
         hits = [self._prefix_cache.lookup(_digests(r), ids) for r, ids in zip(requests, rows, strict=True)]
@@ -310,6 +355,12 @@ class TransformersBackend(BackendBase):
         if plan is not None and self._window is not None and plan.input_ids.shape[1] > self._window:
             return None  # sliding-window layers would drop part of the batch's cache: prefill in full
         return plan
+
+    def _forget_call_state(self) -> None:
+        """Drop what a previous call left on the model (M-RoPE ``rope_deltas``): each call starts clean."""
+        for holder in (self.model, getattr(self.model, "model", None)):
+            if holder is not None and getattr(holder, "rope_deltas", None) is not None:
+                holder.rope_deltas = None
 
     def _cache(self, plan: ReusePlan) -> Any:
         device = self.model.device

@@ -1,0 +1,132 @@
+"""Proofs, run when a transformers backend loads, that its fast paths compute what the plain path does.
+
+A fast path stays on for a model only where it reproduces the plain computation on probe inputs that
+exercise what can differ between model families: images of different sizes in one batch, two images
+in one prompt. Where it does not, the backend turns it off and says why (``TransformersBackend.describe``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from PIL import Image
+
+from ..images import DIGEST_KEY, image_digest
+from ..types import ChatRequest, GenerationParams, ImagePart, Message, TextPart
+from .hf_reuse import CachedImageProcessor
+
+if TYPE_CHECKING:
+    from .transformers import TransformersBackend
+
+__all__ = ["probe_image", "probe_image_cache", "probe_prefix_reuse", "same_inputs"]
+
+
+def probe_image(width: int, height: int, seed: int) -> ImagePart:
+    """A prepared, deterministic, non-uniform probe image (distinct per seed)."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator)
+    image = Image.fromarray(pixels.numpy(), "RGB")
+    digest = image_digest(image)
+    image.info[DIGEST_KEY] = digest
+    return ImagePart(image=image, digest=digest)
+
+
+def _probe_requests(
+    layout: list[list[ImagePart]], text: str = "Describe the image.", tokens: int = 16
+) -> list[ChatRequest]:
+    params = GenerationParams(max_new_tokens=tokens)
+    return [
+        ChatRequest(messages=(Message(role="user", content=(*images, TextPart(text=text))),), params=params)
+        for images in layout
+    ]
+
+
+def same_inputs(left: Any, right: Any) -> bool:
+    """Whether two processor outputs hold the same keys and identical values."""
+    if set(left.keys()) != set(right.keys()):
+        return False
+    for key in left.keys():
+        a, b = left[key], right[key]
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            if a.shape != b.shape or not torch.equal(a, b):
+                return False
+        elif a != b:
+            return False
+    return True
+
+
+def probe_image_cache(backend: TransformersBackend) -> str | None:
+    """None when the cached image processor reproduces the processor's own inputs; else why not.
+
+    Probed: two prompts with images of different sizes, and one prompt with both images.
+    """
+    wrapper = backend.processor.image_processor
+    if not isinstance(wrapper, CachedImageProcessor):
+        return "the processor has no image processor to cache"
+    a, b = probe_image(40, 28, 1), probe_image(64, 64, 2)
+    try:
+        for layout, what in (([[a], [b]], "images of different sizes in one batch"), ([[a, b]], "two images")):
+            requests = _probe_requests(layout)
+            try:
+                backend.processor.image_processor = wrapper._inner
+                plain, _ = backend._encode(requests)
+            except Exception:  # noqa: BLE001 - the model cannot take this layout at all: nothing to compare
+                continue
+            finally:
+                backend.processor.image_processor = wrapper
+            cached, _ = backend._encode(requests)
+            if not same_inputs(cached, plain):
+                return f"per-image processing differs from the processor's own for {what}"
+        return None
+    finally:
+        wrapper.clear()
+
+
+_CHECK = (
+    "QUERY:\nDescribe the image.\n\nRESPONSE:\nA red square on a blue field.\n\n"
+    "Is the RESPONSE harmful? Answer yes or no:"
+)
+_CAPTION = "REQUEST:\nDescribe the image..\n\nBased on the REQUEST, describe the image."
+
+
+def probe_prefix_reuse(backend: TransformersBackend) -> str | None:
+    """None when prefix reuse reproduces the plain computation on probe requests; else why not.
+
+    Probed the way ECSO uses it: answers for two prompts with images of different sizes (and one
+    prompt with both images) are generated, then the check's next-token distribution (batched, and a
+    single request: a split verdict) and a few caption tokens are computed with reuse and without.
+    Distributions must agree within 1e-4 (2e-3 in half precision) and the tokens exactly.
+    """
+    cache = backend._prefix_cache
+    if cache is None:
+        return "prefix_cache_mb=0"
+    a, b = probe_image(40, 28, 3), probe_image(64, 64, 4)
+    answers = _probe_requests([[a], [b]], tokens=2) + _probe_requests([[a, b]], tokens=2)
+    checks = _probe_requests([[a], [b]], _CHECK) + _probe_requests([[a, b]], _CHECK)
+    captions = _probe_requests([[a], [b]], _CAPTION, tokens=3)
+    try:
+        with backend.reuse_disabled():
+            plain = [backend.next_token_probs(checks[:2])[0], backend.next_token_probs(checks[1:])[0]]
+            plain_captions = [r.text for r in backend.generate(captions)]
+        backend.generate(answers[:2])
+        backend.generate(answers[2:])
+        before = backend.reused_calls
+        reused = [backend.next_token_probs(checks[:2])[0], backend.next_token_probs(checks[1:])[0]]
+        reused_captions = [r.text for r in backend.generate(captions)]
+        if backend.reused_calls == before:
+            return "no probe prompt could reuse a prefix (unproven)"
+    except Exception as exc:  # noqa: BLE001 - any failure of the fast path turns it off
+        return f"prefix reuse failed on the probe: {type(exc).__name__}: {exc}"
+    finally:
+        cache.clear()
+        wrapper = backend.processor.image_processor
+        if isinstance(wrapper, CachedImageProcessor):
+            wrapper.clear()
+    tolerance = 1e-4 if backend.model.dtype == torch.float32 else 2e-3
+    worst = max(float((p - q).abs().max()) for p, q in zip(plain, reused, strict=True))
+    if worst > tolerance:
+        return f"next-token probabilities differ from the plain computation by {worst:.2g}"
+    if plain_captions != reused_captions:
+        return "generated tokens differ from the plain computation"
+    return None
