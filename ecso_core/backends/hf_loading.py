@@ -6,12 +6,16 @@ is put together is one job; running it is another.
 
 from __future__ import annotations
 
+import inspect
+import json
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import transformers
+from transformers.utils import cached_file, is_torchvision_available
 from transformers.utils import logging as hf_logging
 
 from ..errors import BackendUnavailableError
@@ -19,7 +23,9 @@ from ..errors import BackendUnavailableError
 if TYPE_CHECKING:
     from .transformers import TransformersSettings
 
-__all__ = ["load_pretrained"]
+__all__ = ["image_only_processor", "load_pretrained", "load_processor"]
+
+_log = logging.getLogger("ecso")
 
 
 def load_pretrained(options: TransformersSettings) -> tuple[Any, Any, str]:
@@ -40,7 +46,7 @@ def load_pretrained(options: TransformersSettings) -> tuple[Any, Any, str]:
     }
     device = _device(options.device)
     try:
-        processor = transformers.AutoProcessor.from_pretrained(options.model, **kwargs)
+        processor = load_processor(options.model, kwargs)
         load = {"dtype": _dtype(options.dtype, device), **kwargs}
         if options.attn_implementation:
             load["attn_implementation"] = options.attn_implementation
@@ -50,6 +56,67 @@ def load_pretrained(options: TransformersSettings) -> tuple[Any, Any, str]:
         raise BackendUnavailableError(f"cannot load model {options.model!r}: {exc}.{hint}") from exc
     loaded.to(device).eval()
     return loaded, processor, Path(options.model).name if local else options.model
+
+
+def load_processor(model: str, kwargs: dict[str, Any]) -> Any:
+    """``AutoProcessor.from_pretrained``, or, where that needs torchvision, the same processor without video.
+
+    Processors of video-capable families (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4V, SmolVLM, LLaVA-OneVision,
+    InternVL, ...) always load a video processor, and video processors need torchvision; their image
+    processors have PIL versions, which transformers picks when torchvision is absent. Then the
+    processor class is loaded without its ``video_processor`` (images only), and the log says so.
+    """
+    try:
+        return transformers.AutoProcessor.from_pretrained(model, **kwargs)
+    except (OSError, ImportError, AttributeError, ValueError) as exc:
+        if is_torchvision_available():
+            raise
+        name = _processor_class_name(model, kwargs)
+        base = getattr(transformers, name, None) if name else None
+        if base is None or "video_processor" not in inspect.signature(base.__init__).parameters:
+            raise
+        processor = image_only_processor(base).from_pretrained(model, **kwargs)
+        _log.info("%s: loaded %s without its video processor (torchvision is not installed): %s", model, name, exc)
+        return processor
+
+
+def image_only_processor(base: type) -> type:
+    """``base`` (a multimodal processor class) without its ``video_processor`` attribute.
+
+    ``ProcessorMixin`` takes its attributes from the ``__init__`` signature and type-checks each; without
+    torchvision the video processor's class is a placeholder, so ``video_processor=None`` fails. The
+    subclass leaves it out of the signature and passes None, and keeps the parent's name, so that what it
+    saves still names the parent class.
+    """
+    parameters = inspect.signature(base.__init__).parameters
+    names = [
+        name
+        for name, p in parameters.items()
+        if name not in ("self", "video_processor") and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    ]
+    defaults = {name: parameters[name].default for name in names}
+    # ProcessorMixin reads the accepted arguments from the code object of __init__, so it must be a real
+    # function with these parameters (names are the library's own identifiers).
+    source = (
+        f"def __init__(self, {', '.join(f'{n}=_defaults[{n!r}]' for n in names)}, **kwargs):\n"
+        f"    _base.__init__(self, {', '.join(f'{n}={n}' for n in names)}, video_processor=None, **kwargs)\n"
+    )
+    scope: dict[str, Any] = {"_base": base, "_defaults": defaults}
+    exec(compile(source, f"<image-only {base.__name__}>", "exec"), scope)  # noqa: S102
+    return type(base.__name__, (base,), {"__init__": scope["__init__"], "__module__": base.__module__})
+
+
+def _processor_class_name(model: str, kwargs: dict[str, Any]) -> str | None:
+    for filename in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        try:
+            path = cached_file(model, filename, _raise_exceptions_for_missing_entries=False, **kwargs)
+        except OSError:
+            continue
+        if path:
+            name = json.loads(Path(path).read_text()).get("processor_class")
+            if name:
+                return str(name)
+    return None
 
 
 _DOWNLOAD_HINT = (

@@ -65,6 +65,7 @@ def probe_image_cache(backend: TransformersBackend) -> str | None:
     if not isinstance(wrapper, CachedImageProcessor):
         return "the processor has no image processor to cache"
     a, b = probe_image(40, 28, 1), probe_image(64, 64, 2)
+    compared = 0
     try:
         for layout, what in (([[a], [b]], "images of different sizes in one batch"), ([[a, b]], "two images")):
             requests = _probe_requests(layout)
@@ -78,7 +79,8 @@ def probe_image_cache(backend: TransformersBackend) -> str | None:
             cached, _ = backend._encode(requests)
             if not same_inputs(cached, plain):
                 return f"per-image processing differs from the processor's own for {what}"
-        return None
+            compared += 1
+        return None if compared else "the processor took none of the probe requests (unproven)"
     finally:
         wrapper.clear()
 
@@ -96,7 +98,8 @@ def probe_prefix_reuse(backend: TransformersBackend) -> str | None:
     Probed the way ECSO uses it: answers for two prompts with images of different sizes (and one
     prompt with both images) are generated, then the check's next-token distribution (batched, and a
     single request: a split verdict) and a few caption tokens are computed with reuse and without.
-    Distributions must agree within 1e-4 (2e-3 in half precision) and the tokens exactly.
+    The likeliest tokens' log-probabilities must agree within 1e-3 (5e-2 in half precision) and the
+    tokens exactly.
     """
     cache = backend._prefix_cache
     if cache is None:
@@ -123,10 +126,19 @@ def probe_prefix_reuse(backend: TransformersBackend) -> str | None:
         wrapper = backend.processor.image_processor
         if isinstance(wrapper, CachedImageProcessor):
             wrapper.clear()
-    tolerance = 1e-4 if backend.model.dtype == torch.float32 else 2e-3
-    worst = max(float((p - q).abs().max()) for p, q in zip(plain, reused, strict=True))
+    # Log-probabilities of the plain distribution's 20 likeliest tokens: a position error moves them by
+    # 0.05-1, float32 noise by under 1e-5 (half precision: under 1e-2).
+    tolerance = 1e-3 if backend.model.dtype == torch.float32 else 5e-2
+    worst = max(_head_gap(p, q) for p, q in zip(plain, reused, strict=True))
     if worst > tolerance:
-        return f"next-token probabilities differ from the plain computation by {worst:.2g}"
+        return f"next-token log-probabilities differ from the plain computation by {worst:.2g}"
     if plain_captions != reused_captions:
         return "generated tokens differ from the plain computation"
     return None
+
+
+def _head_gap(plain: torch.Tensor, reused: torch.Tensor, top: int = 20) -> float:
+    """Largest log-probability gap over each row's ``top`` likeliest tokens under the plain computation."""
+    head = plain.topk(min(top, plain.shape[-1]), dim=-1).indices
+    gap = plain.gather(-1, head).clamp_min(1e-30).log() - reused.gather(-1, head).clamp_min(1e-30).log()
+    return float(gap.abs().max())

@@ -237,10 +237,14 @@ class TransformersBackend(BackendBase):
         plan = self._plan(requests, inputs)
         if plan is not None:
             self.reused_calls += 1
+            positions = (plan.attention_mask.cumsum(-1) - 1).clamp(min=0)[:, plan.cached :]
+            deltas = self._rope_deltas(inputs)
+            if deltas is not None:  # M-RoPE: the text after the images sits at its position + the row's delta
+                positions = (positions + deltas.to(positions.device)).unsqueeze(0).expand(3, -1, -1)
             inputs = {
                 "input_ids": plan.input_ids[:, plan.cached :],
                 "attention_mask": plan.attention_mask,
-                "position_ids": (plan.attention_mask.cumsum(-1) - 1).clamp(min=0)[:, plan.cached :],
+                "position_ids": positions,
                 self._cache_arg: self._cache(plan),
             }
         with self._lock, torch.inference_mode():
@@ -319,8 +323,10 @@ class TransformersBackend(BackendBase):
         if any(r.cancel is not None for r in requests):
             kwargs["stopping_criteria"] = StoppingCriteriaList([_StopCancelled([r.cancel for r in requests])])
         plan = self._plan(requests, inputs)
+        deltas = None
         if plan is not None:  # the images are in the cached prefixes: no pixels, only new tokens prefilled
             self.reused_calls += 1
+            deltas = self._rope_deltas(inputs)
             inputs = {
                 "input_ids": plan.input_ids,
                 "attention_mask": plan.attention_mask,
@@ -328,6 +334,8 @@ class TransformersBackend(BackendBase):
             }
         with self._lock, torch.inference_mode():
             self._forget_call_state()
+            if deltas is not None:  # M-RoPE: generate adds these to its text positions when a cache is given
+                self.model.model.rope_deltas = deltas.to(self.model.device)
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             try:
@@ -355,6 +363,20 @@ class TransformersBackend(BackendBase):
         if plan is not None and self._window is not None and plan.input_ids.shape[1] > self._window:
             return None  # sliding-window layers would drop part of the batch's cache: prefill in full
         return plan
+
+    def _rope_deltas(self, inputs: Any) -> torch.Tensor | None:
+        """Per-row M-RoPE deltas of the full prompts (None for 1-D RoPE models).
+
+        Qwen2-VL-style models place the text after an image at (its index + delta) on all three axes;
+        the model's own ``get_rope_index`` over the whole prompt gives the delta of each row.
+        """
+        inner = getattr(self.model, "model", None)
+        if inner is None or not hasattr(inner, "get_rope_index") or "image_grid_thw" not in inputs:
+            return None
+        names = ("input_ids", "mm_token_type_ids", "image_grid_thw", "second_per_grid_ts", "attention_mask")
+        with torch.inference_mode():
+            _, deltas = inner.get_rope_index(**{k: inputs[k] for k in names if k in inputs})
+        return deltas
 
     def _forget_call_state(self) -> None:
         """Drop what a previous call left on the model (M-RoPE ``rope_deltas``): each call starts clean."""

@@ -1,0 +1,103 @@
+"""tiny-random Gemma 3 (and the Gemma family's PaliGemma)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._text import scale_qk, tokenizer
+
+if TYPE_CHECKING:
+    from . import TinySpec
+
+__all__ = ["GEMMA3_CHAT_TEMPLATE", "build_gemma3"]
+
+# Gemma 3's turn format: the system text is folded into the first user turn.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}{%- endif -%}"
+    "{%- endfor -%}{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+
+def build_gemma3(spec: TinySpec) -> tuple[Any, Any]:
+    """Gemma 3: SigLIP vision tower, pooled image tokens, sliding-window text layers, Gemma's turn template."""
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessorPil,
+        Gemma3Processor,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
+
+    specials = [
+        "<pad>",
+        "<eos>",
+        "<bos>",
+        "<unk>",
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "<start_of_image>",
+        "<end_of_image>",
+        "<image_soft_token>",
+    ]
+    tok = tokenizer(
+        specials,
+        spec.vocab_size,
+        bos="<bos>",
+        eos="<eos>",
+        pad="<pad>",
+        unk="<unk>",
+        extra={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
+        add_bos=True,
+    )
+    image_processor = Gemma3ImageProcessorPil(size={"height": spec.image_size, "width": spec.image_size})
+    processor = Gemma3Processor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        chat_template=GEMMA3_CHAT_TEMPLATE,
+        image_seq_length=spec.image_tokens,
+    )
+    ids = tok.convert_tokens_to_ids
+    config = Gemma3Config(
+        vision_config=SiglipVisionConfig(
+            hidden_size=spec.vision_hidden,
+            intermediate_size=2 * spec.vision_hidden,
+            num_hidden_layers=spec.vision_layers,
+            num_attention_heads=2,
+            image_size=spec.image_size,
+            patch_size=spec.patch_size,
+        ),
+        text_config=Gemma3TextConfig(
+            vocab_size=len(tok),
+            hidden_size=spec.text_hidden,
+            intermediate_size=2 * spec.text_hidden,
+            num_hidden_layers=spec.text_layers,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=32,
+            max_position_embeddings=4096,
+            sliding_window=512,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=[tok.eos_token_id, ids("<end_of_turn>")],
+            pad_token_id=tok.pad_token_id,
+        ),
+        mm_tokens_per_image=spec.image_tokens,
+        boi_token_index=ids("<start_of_image>"),
+        eoi_token_index=ids("<end_of_image>"),
+        image_token_index=ids("<image_soft_token>"),
+    )
+    model = Gemma3ForConditionalGeneration(config)
+    scale_qk(model.model.language_model)
+    return processor, model.eval()
