@@ -6,10 +6,13 @@ is put together is one job; running it is another.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import logging
 import os
+import sys
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +26,7 @@ from ..errors import BackendUnavailableError
 if TYPE_CHECKING:
     from .transformers import TransformersSettings
 
-__all__ = ["image_only_processor", "load_pretrained", "load_processor"]
+__all__ = ["image_only_processor", "load_pretrained", "load_processor", "pixtral_processor_class"]
 
 _log = logging.getLogger("ecso")
 
@@ -65,6 +68,8 @@ def load_processor(model: str, kwargs: dict[str, Any]) -> Any:
     InternVL, ...) always load a video processor, and video processors need torchvision; their image
     processors have PIL versions, which transformers picks when torchvision is absent. Then the
     processor class is loaded without its ``video_processor`` (images only), and the log says so.
+    Mistral3's ``PixtralProcessor`` is imported past its torchvision import (see
+    :func:`pixtral_processor_class`).
     """
     try:
         return transformers.AutoProcessor.from_pretrained(model, **kwargs)
@@ -72,10 +77,12 @@ def load_processor(model: str, kwargs: dict[str, Any]) -> Any:
         if is_torchvision_available():
             raise
         name = _processor_class_name(model, kwargs)
-        base = getattr(transformers, name, None) if name else None
-        if base is None or "video_processor" not in inspect.signature(base.__init__).parameters:
+        base = _processor_class(name) if name else None
+        if base is None:
             raise
-        processor = image_only_processor(base).from_pretrained(model, **kwargs)
+        if "video_processor" in inspect.signature(base.__init__).parameters:
+            base = image_only_processor(base)
+        processor = base.from_pretrained(model, **kwargs)
         _log.info("%s: loaded %s without its video processor (torchvision is not installed): %s", model, name, exc)
         return processor
 
@@ -104,6 +111,38 @@ def image_only_processor(base: type) -> type:
     scope: dict[str, Any] = {"_base": base, "_defaults": defaults}
     exec(compile(source, f"<image-only {base.__name__}>", "exec"), scope)  # noqa: S102
     return type(base.__name__, (base,), {"__init__": scope["__init__"], "__module__": base.__module__})
+
+
+def pixtral_processor_class() -> type:
+    """``PixtralProcessor`` (Mistral3), also without torchvision.
+
+    Its module imports one helper from the torchvision image processor module at import time, so
+    without torchvision ``transformers.PixtralProcessor`` is a placeholder. The PIL image processor
+    module defines the same helper: while the processor module is imported, a stand-in holding it takes
+    the torchvision module's place, and is removed right after.
+    """
+    name = "transformers.models.pixtral.processing_pixtral"
+    if is_torchvision_available() or name in sys.modules:
+        return importlib.import_module(name).PixtralProcessor
+    pil = importlib.import_module("transformers.models.pixtral.image_processing_pil_pixtral")
+    torch_name = "transformers.models.pixtral.image_processing_pixtral"
+    stand_in = types.ModuleType(torch_name)
+    stand_in.get_resize_output_image_size = pil.get_resize_output_image_size  # type: ignore[attr-defined]
+    saved = sys.modules.get(torch_name)
+    sys.modules[torch_name] = stand_in
+    try:
+        return importlib.import_module(name).PixtralProcessor
+    finally:
+        if saved is None:
+            sys.modules.pop(torch_name, None)
+        else:
+            sys.modules[torch_name] = saved
+
+
+def _processor_class(name: str) -> type | None:
+    if name == "PixtralProcessor":
+        return pixtral_processor_class()
+    return getattr(transformers, name, None)
 
 
 def _processor_class_name(model: str, kwargs: dict[str, Any]) -> str | None:

@@ -64,10 +64,15 @@ def probe_image_cache(backend: TransformersBackend) -> str | None:
     wrapper = backend.processor.image_processor
     if not isinstance(wrapper, CachedImageProcessor):
         return "the processor has no image processor to cache"
-    a, b = probe_image(40, 28, 1), probe_image(64, 64, 2)
+    a, b, c = probe_image(40, 28, 1), probe_image(64, 64, 2), probe_image(64, 64, 5)
+    layouts = (
+        ([[a], [b]], "images of different sizes in one batch"),
+        ([[a, b]], "two images of different sizes"),
+        ([[b, c]], "two images of one size"),
+    )
     compared = 0
     try:
-        for layout, what in (([[a], [b]], "images of different sizes in one batch"), ([[a, b]], "two images")):
+        for layout, what in layouts:
             requests = _probe_requests(layout)
             try:
                 backend.processor.image_processor = wrapper._inner
@@ -104,6 +109,9 @@ def probe_prefix_reuse(backend: TransformersBackend) -> str | None:
     cache = backend._prefix_cache
     if cache is None:
         return "prefix_cache_mb=0"
+    text_config = backend.model.config.get_text_config()
+    if getattr(text_config, "cross_attention_layers", None):
+        return "cross-attention layers cache image states, not prompt positions"
     a, b = probe_image(40, 28, 3), probe_image(64, 64, 4)
     answers = _probe_requests([[a], [b]], tokens=2) + _probe_requests([[a, b]], tokens=2)
     checks = _probe_requests([[a], [b]], _CHECK) + _probe_requests([[a, b]], _CHECK)

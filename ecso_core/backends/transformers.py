@@ -29,6 +29,7 @@ try:
     import torch
     import transformers
     from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers.processing_utils import ProcessorMixin
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise MissingDependencyError(exc.name or "transformers", "hf") from exc
 
@@ -287,7 +288,9 @@ class TransformersBackend(BackendBase):
         texts, images = [], []
         for request in requests:
             messages, request_images = to_template_messages(request, self.control_tokens)
-            texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            # The mixin's own rendering: some processors override it only to add video defaults, which an
+            # image-only processor (no torchvision) does not have.
+            texts.append(ProcessorMixin.apply_chat_template(self.processor, messages, add_generation_prompt=True))
             images.append(request_images)
         # Templates that write the BOS token themselves must not get a second one.
         bos = self.tokenizer.bos_token
@@ -301,7 +304,11 @@ class TransformersBackend(BackendBase):
                 add_special_tokens=add_special,
             )
         except (ValueError, TypeError, OSError) as exc:
-            raise BackendError(f"{self.name} processor failed: {exc}") from exc
+            if any(images):
+                raise BackendError(f"{self.name} processor failed: {exc}") from exc
+            # Some processors (PaliGemma) take no prompt without an image; the eyes-closed step has none.
+            inputs = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=add_special)
+        inputs.pop("labels", None)  # PaliGemma's processor adds training labels: not ours to pass
         inputs = inputs.to(self.model.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)

@@ -54,6 +54,14 @@ FAMILIES: dict[str, str] = {
     "qwen2_5_vl": "qwen:build_qwen2_5_vl",
     "qwen3_vl": "qwen:build_qwen3_vl",
     "glm4v": "qwen:build_glm4v",
+    "llava_next": "anyres:build_llava_next",
+    "llava_onevision": "anyres:build_llava_onevision",
+    "mistral3": "anyres:build_mistral3",
+    "mllama": "mllama:build_mllama",
+    "smolvlm": "idefics:build_smolvlm",
+    "idefics3": "idefics:build_idefics3",
+    "internvl": "internvl:build_internvl",
+    "paligemma": "gemma:build_paligemma",
 }
 """Architecture -> ``module:builder`` in this package (imported when first built)."""
 
@@ -77,6 +85,16 @@ TINY_VARIANTS: dict[str, TinySpec] = {
     "qwen2.5-vl-small": _small("qwen2_5_vl", 56),
     "qwen3-vl-small": _small("qwen3_vl", 64, patch_size=16),
     "glm4v-small": _small("glm4v", 56, text_hidden=128),  # half-rotary heads need head_dim 32
+    # SmolVLM-256M's 64 image tokens per tile (here one 256 px tile in 16 px patches, pixel shuffle x2).
+    "smolvlm": TinySpec("smolvlm", image_size=256, patch_size=16, image_tokens=64),
+    "llava-next-small": _small("llava_next", 28),
+    "llava-onevision-small": _small("llava_onevision", 28),
+    "mistral3-small": _small("mistral3", 56),  # longest edge 56 px: at most 2x2 merged tokens
+    "mllama-small": TinySpec("mllama", image_size=28, patch_size=14, image_tokens=5, text_hidden=64, vision_hidden=32),
+    "smolvlm-small": _small("smolvlm", 56),
+    "idefics3-small": _small("idefics3", 56),
+    "internvl-small": _small("internvl", 56),
+    "paligemma-small": _small("paligemma", 28),
 }
 
 
