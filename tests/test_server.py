@@ -37,7 +37,7 @@ def scripted(request: ChatRequest) -> Any:
     if "fail" in text:
         return BackendError("model crashed")
     if "slow" in text:
-        time.sleep(1.0)
+        time.sleep(3.0)
     return f"Answer: {text}"
 
 
@@ -62,7 +62,7 @@ def live(app: Any) -> Iterator[str]:
 @pytest.fixture
 def guarded() -> Iterator[tuple[str, ScriptedBackend]]:
     backend = ScriptedBackend(scripted)
-    app = create_app(ECSO(backend), model_name="guarded-vlm", request_timeout_s=0.5, max_body_bytes=200_000)
+    app = create_app(ECSO(backend), model_name="guarded-vlm", request_timeout_s=2.0, max_body_bytes=200_000)
     with live(app) as url:
         yield url, backend
 
