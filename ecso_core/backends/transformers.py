@@ -424,10 +424,15 @@ class _StopCancelled(StoppingCriteria):
 
     def __init__(self, tokens: list[Any]) -> None:
         self.tokens = tokens
+        self._none: Any = None  # the answer almost every step: built once
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         done = [token is not None and token.cancelled for token in self.tokens]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        if any(done):
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        if self._none is None:
+            self._none = torch.zeros(len(done), dtype=torch.bool, device=input_ids.device)
+        return self._none
 
 
 def _output_cache(output: Any) -> Any:
