@@ -2,8 +2,9 @@
 
 Benign path: the verdict is forced safe (``verdict_threshold=1.0``: the check still runs in full, its
 outcome is ignored), so ECSO costs answer + check. Unsafe path: forced unsafe (threshold 0), so ECSO
-costs answer + check + caption + eyes-closed answer. Prints one JSON object with the medians of
-``--repeats`` runs.
+costs answer + check + caption + eyes-closed answer. The modes take turns request by
+request; prints one JSON object with the medians over ``--repeats`` runs (overheads: the median of each
+run's ratio to the plain model).
 
     python bench/overhead.py --model tiny-random --max-new-tokens 64
 """
@@ -99,13 +100,24 @@ def main() -> None:
     timed(plain, requests(1, args.max_new_tokens, next(seeds)))  # warm-up: first-call allocations, imports
     timed(benign.run, requests(1, args.max_new_tokens, next(seeds)))
     runs: dict[str, list[float]] = {"plain": [], "benign": [], "unsafe": []}
+    modes = (("plain", plain), ("benign", guarded_benign), ("unsafe", unsafe.run))
     for _ in range(args.repeats):
-        # Each mode gets its own never-seen images: no mode profits from another's caches.
-        for mode, run in (("plain", plain), ("benign", guarded_benign), ("unsafe", unsafe.run)):
-            runs[mode].append(timed(run, requests(args.requests, args.max_new_tokens, next(seeds))))
+        # Each mode gets its own never-seen images: no mode profits from another's caches. The modes
+        # take turns request by request, so that the machine's drift (a shared VM) hits all of them alike.
+        batches = {mode: requests(args.requests, args.max_new_tokens, next(seeds)) for mode, _ in modes}
+        totals = dict.fromkeys(batches, 0.0)
+        for index in range(args.requests):
+            for mode, run in modes:
+                totals[mode] += timed(run, [batches[mode][index]])
+        for mode, total in totals.items():
+            runs[mode].append(total)
     probe = requests(1, args.max_new_tokens, next(seeds))[0]
     decisions = {"benign": benign.run(probe).decision, "unsafe": unsafe.run(probe).decision}
     median = {k: statistics.median(v) for k, v in runs.items()}
+    ratios = {  # per repeat: the modes ran side by side, so their ratio is steadier than a ratio of medians
+        mode: statistics.median(a / b for a, b in zip(runs[mode], runs["plain"], strict=True))
+        for mode in ("benign", "unsafe")
+    }
     print(
         json.dumps(
             {
@@ -116,9 +128,9 @@ def main() -> None:
                 "repeats": args.repeats,
                 "max_new_tokens": args.max_new_tokens,
                 "seconds_per_request": {k: round(v / args.requests, 5) for k, v in median.items()},
-                "benign_overhead": round(median["benign"] / median["plain"], 4),
+                "benign_overhead": round(ratios["benign"], 4),
                 "benign_step_ms_median": {k: round(1000 * statistics.median(v), 2) for k, v in step_latency.items()},
-                "unsafe_overhead": round(median["unsafe"] / median["plain"], 4),
+                "unsafe_overhead": round(ratios["unsafe"], 4),
                 "decisions": decisions,
                 "all_runs_s": {k: [round(x, 4) for x in v] for k, v in runs.items()},
                 "machine": machine(),

@@ -234,6 +234,7 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
         params=config.eyes_closed_params or request.params,
         tools=request.tools,
         tool_choice=request.tool_choice,
+        options=request.options,
         cancel=request.cancel,
     )
     final = yield from _one(ModelCall("eyes_closed", closed_request), steps)

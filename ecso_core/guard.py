@@ -109,6 +109,7 @@ class ECSO(BackendBase):
             max_images=min(x for x in limits if x is not None),
             tools=backend.capabilities.tools,
             streaming=True,
+            call_options=backend.capabilities.call_options,
         )
 
     # ---- public API -------------------------------------------------------------------------

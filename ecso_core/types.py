@@ -176,6 +176,10 @@ class ChatRequest(_Frozen):
     """Tool definitions in OpenAI function format (``{"type": "function", "function": {...}}``)."""
     tool_choice: str | dict[str, Any] | None = None
     """OpenAI ``tool_choice`` (``"auto"``, ``"required"``, ``"none"``, a named function); None: model default."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Provider call options passed verbatim to the model that answers (``response_format``, ``top_k``,
+    ...): the guard forwards them to the step-1 and the eyes-closed answer, never to the check or the
+    caption (whose replies it must parse). A backend that cannot honour them raises ``CapabilityError``."""
     cancel: CancelToken | None = Field(default=None, exclude=True, repr=False)
     """Stops this request's work when cancelled (see :mod:`ecso_core.cancel`); never serialised."""
 

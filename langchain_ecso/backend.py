@@ -57,7 +57,9 @@ class LangChainBackend(BackendBase):
         self.name = model_name(model)
         self._logprobs = logprobs
         scores = logprobs == "always" or (logprobs == "auto" and bool(getattr(model, "logprobs", False)))
-        self.capabilities = BackendCapabilities(score_yes_no=scores, max_images=max_images, tools=True)
+        self.capabilities = BackendCapabilities(
+            score_yes_no=scores, max_images=max_images, tools=True, call_options=True
+        )
         self._no_logprobs = False  # learnt at run time: the model sends no log-probabilities
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
@@ -111,7 +113,9 @@ class LangChainBackend(BackendBase):
     def _groups(self, requests: Sequence[ChatRequest]) -> list[tuple[Runnable[Any, Any], list[int]]]:
         keyed: dict[str, list[int]] = {}
         for index, request in enumerate(requests):
-            key = json.dumps([request.tools, request.tool_choice, request.params.stop], sort_keys=True, default=str)
+            key = json.dumps(
+                [request.tools, request.tool_choice, request.params.stop, request.options], sort_keys=True, default=repr
+            )
             keyed.setdefault(key, []).append(index)
         return [(self._runnable(requests[indices[0]]), indices) for indices in keyed.values()]
 
@@ -122,6 +126,8 @@ class LangChainBackend(BackendBase):
             runnable = self.model.bind_tools(list(request.tools), **options)
         if request.params.stop:
             runnable = runnable.bind(stop=list(request.params.stop))
+        if request.options:  # the caller's own call kwargs (response_format, ...), verbatim
+            runnable = runnable.bind(**request.options)
         return runnable
 
     def _config(self) -> RunnableConfig:

@@ -88,7 +88,10 @@ class LlamaIndexBackend(BackendBase):
         self._logprobs = logprobs
         scores = logprobs == "always" or (logprobs == "auto" and bool(getattr(llm, "logprobs", False)))
         self.capabilities = BackendCapabilities(
-            score_yes_no=scores, max_images=max_images, tools=isinstance(llm, FunctionCallingLLM)
+            score_yes_no=scores,
+            max_images=max_images,
+            tools=isinstance(llm, FunctionCallingLLM),
+            call_options=True,
         )
         self._no_logprobs = False  # learnt at run time: the LLM sends no log-probabilities
 
@@ -118,10 +121,13 @@ class LlamaIndexBackend(BackendBase):
         with withheld(not self.instrument_steps):
             if tools:
                 response = self.llm.chat_with_tools(  # type: ignore[attr-defined]
-                    tools, chat_history=messages, tool_required=request.tool_choice == "required"
+                    tools,
+                    chat_history=messages,
+                    tool_required=request.tool_choice == "required",
+                    **request.options,
                 )
             else:
-                response = self.llm.chat(messages)
+                response = self.llm.chat(messages, **request.options)
             reply = self._reply(response, bool(tools))
         return self._ended(step, start, reply)
 
@@ -131,10 +137,13 @@ class LlamaIndexBackend(BackendBase):
         with withheld(not self.instrument_steps):
             if tools:
                 response = await self.llm.achat_with_tools(  # type: ignore[attr-defined]
-                    tools, chat_history=messages, tool_required=request.tool_choice == "required"
+                    tools,
+                    chat_history=messages,
+                    tool_required=request.tool_choice == "required",
+                    **request.options,
                 )
             else:
-                response = await self.llm.achat(messages)
+                response = await self.llm.achat(messages, **request.options)
             reply = self._reply(response, bool(tools))
         return self._ended(step, start, reply)
 

@@ -27,6 +27,8 @@ class BackendCapabilities(BaseModel):
     """Understands tool definitions and returns tool calls."""
     streaming: bool = False
     """Streams tokens natively (the guard streams only after its verdict either way)."""
+    call_options: bool = False
+    """Passes :attr:`ChatRequest.options` to the model (provider call options such as ``response_format``)."""
 
 
 @runtime_checkable
@@ -66,6 +68,8 @@ def check_capabilities(capabilities: BackendCapabilities, request: ChatRequest, 
         raise CapabilityError(f"{name} takes at most {capabilities.max_images} image(s); got {count}")
     if request.tools and not capabilities.tools:
         raise CapabilityError(f"{name} does not support tools")
+    if request.options and not capabilities.call_options:
+        raise CapabilityError(f"{name} takes no provider call options (got {', '.join(sorted(request.options))})")
 
 
 class BackendBase:

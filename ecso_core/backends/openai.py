@@ -20,7 +20,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..cancel import task_cancelling
-from ..errors import BackendError, BackendTimeoutError, BackendUnavailableError
+from ..errors import BackendError, BackendTimeoutError, BackendUnavailableError, MessageError
 from ..images import image_to_data_url, load_image
 from ..types import ChatReply, ChatRequest, ImagePart, TextPart, TokenUsage, ToolCall, YesNoScore
 from ..verdict import score_from_logprobs
@@ -81,7 +81,16 @@ def to_payload(request: ChatRequest, model: str) -> dict[str, Any]:
         body["tools"] = list(request.tools)
         if request.tool_choice is not None:
             body["tool_choice"] = request.tool_choice
+    reserved = sorted(set(request.options) & _RESERVED_OPTIONS)
+    if reserved:
+        raise MessageError(f"call options cannot set {', '.join(reserved)}: the backend sets them itself")
+    body.update(request.options)
     return body
+
+
+# Body fields a call option must not override: the conversation, the model, and the reply's shape
+# (one choice, one JSON body) that from_payload reads.
+_RESERVED_OPTIONS = frozenset({"model", "messages", "stream", "stream_options", "n"})
 
 
 def _message(message: Any) -> dict[str, Any]:
@@ -175,6 +184,7 @@ class OpenAIBackend(BackendBase):
             score_yes_no=self.settings.logprobs != "never",
             max_images=self.settings.max_images,
             tools=self.settings.tools,
+            call_options=True,
         )
         self._no_logprobs = False  # learnt at run time: the server sends no log-probabilities
         key = self.settings.api_key or os.environ.get("OPENAI_API_KEY")

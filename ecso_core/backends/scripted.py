@@ -28,6 +28,7 @@ class ScriptedBackend(BackendBase):
         name: model name to report.
         max_images: declared image limit (None: unlimited).
         tools: declare tool support.
+        call_options: declare that provider call options (``ChatRequest.options``) are accepted.
 
     Every :class:`ChatRequest` received (generated or scored) is appended to :attr:`requests`;
     :attr:`batch_sizes` records the size of each call.
@@ -42,9 +43,12 @@ class ScriptedBackend(BackendBase):
         name: str = "scripted",
         max_images: int | None = None,
         tools: bool = True,
+        call_options: bool = True,
     ) -> None:
         self.name = name
-        self.capabilities = BackendCapabilities(score_yes_no=scores is not None, max_images=max_images, tools=tools)
+        self.capabilities = BackendCapabilities(
+            score_yes_no=scores is not None, max_images=max_images, tools=tools, call_options=call_options
+        )
         self._replies = replies if callable(replies) else list(replies)
         self._scores = scores if (scores is None or callable(scores)) else list(scores)
         self.requests: list[ChatRequest] = []
