@@ -180,7 +180,7 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
             steps=tuple(steps),
             prompt_set=prompts.name,
             finish_reason=final.finish_reason,
-            **extra,  # type: ignore[arg-type]
+            **{"released": final, **extra},  # type: ignore[arg-type]
         )
 
     images = distinct_images(request)
@@ -202,7 +202,7 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
             raise CheckFailedError(f"the safety check gave no verdict ({verdict.method}): {reason}")
         if config.fail_mode == "refuse":
             refusal = ChatReply(text=config.refusal_message, finish_reason="stop")
-            return finish("fail_closed", refusal, verdict=verdict)
+            return finish("fail_closed", refusal, verdict=verdict, released=None)
         decision = "fail_closed"
 
     # Step 4: query-aware image-to-text, one caption per distinct image.

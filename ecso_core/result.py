@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from .types import ChatReply, Message, TokenUsage, ToolCall
 from .verdict import Verdict
@@ -52,6 +52,10 @@ class ECSOResult(BaseModel):
     steps: tuple[StepTrace, ...] = ()
     prompt_set: str = "ecso-paper"
     finish_reason: str | None = None
+    released: ChatReply | None = Field(default=None, exclude=True, repr=False)
+    """The model reply that was released (step 1 when safe, else the eyes-closed answer), with the
+    provider's own object in ``raw`` (adapters carry its structured-output fields); in-process only,
+    None when the guard answered itself (a refusal)."""
 
     @property
     def usage(self) -> TokenUsage:

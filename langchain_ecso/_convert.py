@@ -107,8 +107,8 @@ def _message(message: BaseMessage) -> Message:
         elif kind == "image_url":  # OpenAI-style block the normaliser left as is
             url = block["image_url"]["url"] if isinstance(block.get("image_url"), dict) else block.get("image_url")
             parts.append(ImagePart(image=ImageURL(str(url))))
-        elif kind in _SKIPPED:
-            continue
+        elif kind in _SKIPPED or (kind == "non_standard" and role == "assistant"):
+            continue  # an assistant's provider-specific blocks (e.g. Anthropic tool_use): its tool calls travel apart
         else:
             raise MessageError(f"unsupported content block type {kind!r} in a {message.type} message")
     calls = tuple(
@@ -192,8 +192,23 @@ def usage_metadata(usage: TokenUsage) -> dict[str, int]:
 
 
 def _metadata(result: ECSOResult, model_name: str, audit: bool) -> dict[str, Any]:
-    summary = result.client_summary(audit)
-    return {"ecso": summary, "model_name": model_name, "finish_reason": result.finish_reason or "stop"}
+    return {
+        "ecso": result.client_summary(audit),
+        "model_name": model_name,
+        "model_provider": "ecso",
+        "finish_reason": result.finish_reason or "stop",
+    }
+
+
+def _released_kwargs(result: ECSOResult) -> dict[str, Any]:
+    """The released reply's parsed structured output, the parse of the text the check judged.
+
+    ChatOpenAI's ``method="json_schema"`` parser reads ``additional_kwargs["parsed"]``; nothing else of
+    the provider's message is carried.
+    """
+    raw = result.released.raw if result.released is not None else None
+    parsed = getattr(raw, "additional_kwargs", {}).get("parsed") if isinstance(raw, BaseMessage) else None
+    return {"parsed": parsed} if parsed is not None else {}
 
 
 def ai_message(result: ECSOResult, model_name: str, audit: bool = False) -> AIMessage:
@@ -203,6 +218,7 @@ def ai_message(result: ECSOResult, model_name: str, audit: bool = False) -> AIMe
     """
     return AIMessage(
         content=result.answer,
+        additional_kwargs=_released_kwargs(result),
         tool_calls=[{"name": c.name, "args": c.arguments, "id": c.id, "type": "tool_call"} for c in result.tool_calls],
         response_metadata=_metadata(result, model_name, audit),
         usage_metadata=usage_metadata(result.usage),
@@ -213,6 +229,7 @@ def final_chunk(result: ECSOResult, model_name: str, audit: bool = False) -> AIM
     """The last chunk of a stream: tool calls, usage and the ECSO outcome, ``chunk_position="last"``."""
     return AIMessageChunk(
         content="",
+        additional_kwargs=_released_kwargs(result),
         tool_call_chunks=[
             {"name": c.name, "args": _json(c.arguments), "id": c.id, "index": i, "type": "tool_call_chunk"}
             for i, c in enumerate(result.tool_calls)

@@ -1,16 +1,21 @@
-"""Any LangChain chat model as an ecso backend."""
+"""Any LangChain chat model (or a Runnable around one) as an ecso backend."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.base import RunnableBindingBase
+from langchain_core.runnables.config import var_child_runnable_config
+from langchain_core.runnables.fallbacks import RunnableWithFallbacks
 
 from ecso_core.backends.base import BackendBase, BackendCapabilities
+from ecso_core.errors import CapabilityError, ConfigError, MissingDependencyError
 from ecso_core.guard import current_step
 from ecso_core.types import ChatReply, ChatRequest, YesNoScore
 from ecso_core.verdict import score_from_logprobs
@@ -18,12 +23,81 @@ from ecso_core.verdict import score_from_logprobs
 from ._callbacks import from_context
 from ._convert import reply_from_ai_message, to_langchain_messages
 
-__all__ = ["LangChainBackend", "model_name"]
+__all__ = ["LangChainBackend", "chat_model_of", "model_name", "resolve_model", "with_tools"]
 
 
-def model_name(model: BaseChatModel) -> str:
+def resolve_model(model: Runnable[Any, Any] | str) -> Runnable[Any, Any]:
+    """The chat model to guard: a Runnable as given, or ``init_chat_model(model)`` for a string.
+
+    Raises:
+        ConfigError: ``model`` is neither a string nor a LangChain Runnable.
+        MissingDependencyError: a string needs the ``langchain`` package (``init_chat_model``).
+
+    """
+    if isinstance(model, str):
+        try:
+            from langchain.chat_models import init_chat_model
+        except ImportError as exc:
+            raise MissingDependencyError("langchain", "langchain") from exc
+        return init_chat_model(model)
+    if not isinstance(model, Runnable):
+        raise ConfigError(f"model= must be a LangChain chat model, a Runnable around one or a string, not {model!r}")
+    return model
+
+
+def chat_model_of(model: Runnable[Any, Any]) -> BaseChatModel | None:
+    """The chat model inside ``model``'s wrappers (``bind``, ``with_retry``, ``with_fallbacks``' primary).
+
+    None for a Runnable that hides it (a configurable ``init_chat_model`` decides at call time).
+    """
+    current: Any = model
+    for _ in range(64):  # wrappers nest a few deep; a cycle would be a bug upstream
+        if isinstance(current, BaseChatModel):
+            return current
+        if isinstance(current, RunnableBindingBase):
+            current = current.bound
+        elif isinstance(current, RunnableWithFallbacks):
+            current = current.runnable
+        else:
+            return None
+    return None
+
+
+def with_tools(model: Runnable[Any, Any], tools: list[dict[str, Any]], **options: Any) -> Runnable[Any, Any]:
+    """``model`` with ``tools`` bound to every chat model inside it, its wrappers kept.
+
+    ``llm.with_retry().bind_tools(...)`` would drop the retry (the binding forwards to the bare model);
+    here the tools go inside: retry, fallbacks (each fallback gets them too) and bound kwargs stay.
+
+    Raises:
+        CapabilityError: a model inside cannot bind tools.
+
+    """
+    if isinstance(model, RunnableBindingBase):
+        return model.model_copy(update={"bound": with_tools(model.bound, tools, **options)})
+    if isinstance(model, RunnableWithFallbacks):
+        return model.model_copy(
+            update={
+                "runnable": with_tools(model.runnable, tools, **options),
+                "fallbacks": [with_tools(fallback, tools, **options) for fallback in model.fallbacks],
+            }
+        )
+    bind = getattr(model, "bind_tools", None)
+    if bind is None:
+        raise CapabilityError(f"{type(model).__name__} cannot bind tools")
+    try:
+        return bind(tools, **options)
+    except NotImplementedError as exc:  # BaseChatModel's default: the model has no tool calling
+        raise CapabilityError(f"{model_name(model)} does not support tools") from exc
+
+
+def model_name(model: Runnable[Any, Any]) -> str:
     """The name a LangChain chat model goes by (its model id when it has one, else its type)."""
-    return str(getattr(model, "model_name", None) or getattr(model, "model", None) or model._llm_type)
+    inner = chat_model_of(model)
+    if inner is None:  # a configurable model: its default, if it has one
+        default = getattr(model, "_default_config", None) or {}
+        return str(default.get("model") or type(model).__name__)
+    return str(getattr(inner, "model_name", None) or getattr(inner, "model", None) or inner._llm_type)
 
 
 class LangChainBackend(BackendBase):
@@ -34,7 +108,9 @@ class LangChainBackend(BackendBase):
     shows answer -> check -> caption -> eyes-closed answer under the ECSO run.
 
     Args:
-        model: the chat model (it must accept image content blocks for image requests).
+        model: the chat model (it must accept image content blocks for image requests), a Runnable
+            around one (``with_retry``, ``with_fallbacks``, ``bind``, a configurable ``init_chat_model``)
+            or an ``init_chat_model`` string such as ``"openai:gpt-4o"``.
         callbacks: the callback manager the inner runs are children of (set by ``ChatECSO``); default:
             the tracers of the enclosing run, never its stream handlers.
         logprobs: read the check from token log-probabilities: ``"auto"`` when the model was built
@@ -46,46 +122,49 @@ class LangChainBackend(BackendBase):
 
     def __init__(
         self,
-        model: BaseChatModel,
+        model: Runnable[Any, Any] | str,
         *,
         callbacks: Any = None,
         logprobs: Literal["auto", "always", "never"] = "auto",
         max_images: int | None = None,
     ) -> None:
-        self.model = model
+        self.model = resolve_model(model)
         self.callbacks = callbacks
-        self.name = model_name(model)
+        self.name = model_name(self.model)
         self._logprobs = logprobs
-        scores = logprobs == "always" or (logprobs == "auto" and bool(getattr(model, "logprobs", False)))
+        inner = chat_model_of(self.model)
+        scores = logprobs == "always" or (logprobs == "auto" and bool(getattr(inner, "logprobs", False)))
         self.capabilities = BackendCapabilities(
             score_yes_no=scores, max_images=max_images, tools=True, call_options=True
         )
         self._no_logprobs = False  # learnt at run time: the model sends no log-probabilities
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
-        """One reply per request; requests with the same tools and stop words go as one ``batch``."""
+        """One reply per request; requests with the same tools and call options go as one ``batch``."""
         replies: dict[int, ChatReply] = {}
-        for runnable, indices in self._groups(requests):
-            inputs = [to_langchain_messages(requests[i]) for i in indices]
-            outputs = (
-                runnable.batch(inputs, config=self._config())
-                if len(inputs) > 1
-                else [runnable.invoke(inputs[0], config=self._config())]
-            )
-            for index, output in zip(indices, outputs, strict=True):
-                replies[index] = reply_from_ai_message(output)
+        config = self._config()
+        with _isolated():
+            for runnable, indices in self._groups(requests):
+                inputs = [to_langchain_messages(requests[i]) for i in indices]
+                outputs = (
+                    runnable.batch(inputs, config=config) if len(inputs) > 1 else [runnable.invoke(inputs[0], config)]
+                )
+                for index, output in zip(indices, outputs, strict=True):
+                    replies[index] = reply_from_ai_message(output)
         return [replies[i] for i in range(len(requests))]
 
     async def agenerate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
         """Async :meth:`generate` (``abatch``)."""
         replies: dict[int, ChatReply] = {}
-        groups = self._groups(requests)
-        results = await asyncio.gather(
-            *(
-                runnable.abatch([to_langchain_messages(requests[i]) for i in idx], config=self._config())
-                for runnable, idx in groups
+        config = self._config(asynchronous=True)
+        with _isolated():
+            groups = self._groups(requests)
+            results = await asyncio.gather(
+                *(
+                    runnable.abatch([to_langchain_messages(requests[i]) for i in idx], config=config)
+                    for runnable, idx in groups
+                )
             )
-        )
         for (_, indices), outputs in zip(groups, results, strict=True):
             for index, output in zip(indices, outputs, strict=True):
                 replies[index] = reply_from_ai_message(output)
@@ -123,21 +202,41 @@ class LangChainBackend(BackendBase):
         runnable: Runnable[Any, Any] = self.model
         if request.tools:
             options = {} if request.tool_choice is None else {"tool_choice": request.tool_choice}
-            runnable = self.model.bind_tools(list(request.tools), **options)
+            runnable = with_tools(self.model, list(request.tools), **options)
         if request.params.stop:
             runnable = runnable.bind(stop=list(request.params.stop))
         if request.options:  # the caller's own call kwargs (response_format, ...), verbatim
             runnable = runnable.bind(**request.options)
         return runnable
 
-    def _config(self) -> RunnableConfig:
+    def _config(self, asynchronous: bool = False) -> RunnableConfig:
         step = current_step() or "call"
+        ambient = var_child_runnable_config.get() or {}
         config: RunnableConfig = {
             "tags": ["nostream", f"ecso:{step}"],
             "run_name": f"ecso:{step}",
             "metadata": {"ecso_step": step},
         }
+        if ambient.get("configurable"):  # a configurable model reads its choice from the enclosing run
+            config["configurable"] = dict(ambient["configurable"])
         # Always explicit: without callbacks LangChain would hand the call the enclosing runnable's
         # handlers, event streams included (see _callbacks).
-        config["callbacks"] = self.callbacks if self.callbacks is not None else from_context(asynchronous=False)
+        config["callbacks"] = self.callbacks if self.callbacks is not None else from_context(asynchronous)
         return config
+
+
+@contextmanager
+def _isolated() -> Iterator[None]:
+    """Step calls see no ambient callbacks.
+
+    A ``RunnableBinding`` (``bind_tools``, ``bind``, ``with_retry``) merges the enclosing run's config
+    into its call, handlers included: an ``astream_events`` stream around ChatECSO would receive the
+    step runs. The calls get their callbacks from :meth:`LangChainBackend._config` only.
+    """
+    ambient = var_child_runnable_config.get()
+    kept = {k: v for k, v in (ambient or {}).items() if k != "callbacks"}
+    token = var_child_runnable_config.set(kept or None)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        var_child_runnable_config.reset(token)

@@ -14,6 +14,7 @@ from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.model_profile import ModelProfile
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -38,9 +39,9 @@ class ScriptedChatModel(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    reply: Callable[..., Any] = _default_reply
-    """The script: a function of the messages (and keyword arguments)."""
-    calls: list[tuple[list[BaseMessage], dict[str, Any]]] = Field(default_factory=list)
+    reply: Callable[..., Any] = Field(default=_default_reply, exclude=True)
+    """The script: a function of the messages (and keyword arguments); not serialised."""
+    calls: list[tuple[list[BaseMessage], dict[str, Any]]] = Field(default_factory=list, exclude=True)
     """Every call received, in order."""
     logprobs: bool = False
     """Declare that replies carry log-probabilities."""
@@ -48,6 +49,20 @@ class ScriptedChatModel(BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "scripted-chat"
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        # It stands in for a VLM with tool calling (pass profile=... to play another model).
+        return ModelProfile(text_inputs=True, image_inputs=True, tool_calling=True, tool_choice=True)
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """Serialisable; a revived copy has the default script (functions do not serialise)."""
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        """``["langchain_ecso", "testing"]``."""
+        return ["langchain_ecso", "testing"]
 
     def _generate(
         self,

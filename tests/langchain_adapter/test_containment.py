@@ -19,6 +19,7 @@ pytest.importorskip("langgraph")
 from langchain.agents import create_agent  # noqa: E402
 from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
 from langchain_core.messages import AIMessage, BaseMessage  # noqa: E402
+from langchain_core.runnables import RunnableLambda  # noqa: E402
 from langchain_core.tracers.context import collect_runs  # noqa: E402
 from langgraph.config import get_stream_writer  # noqa: E402
 from langgraph.graph import END, START, MessagesState, StateGraph  # noqa: E402
@@ -120,6 +121,26 @@ async def test_astream_events_of_the_model_hold_no_withheld_text(decision: str, 
     assert streamed == REFUSAL
     audited = [e async for e in guarded(decision, True).astream_events([image_message(QUESTION)], version=version)]
     assert leaks(audited) != []  # positive control: the serialisation sees metadata
+
+
+@pytest.mark.parametrize("decision", DECISIONS)
+async def test_bound_tools_stop_and_call_options_in_a_chain_hold_no_withheld_text(decision: str) -> None:
+    """A binding (bind_tools, stop, call kwargs) merges the enclosing run's config into its call; the
+    step runs must still not reach the chain's event stream or a plain handler passed to the chain."""
+
+    def lookup(query: str) -> str:
+        """Look something up."""
+        return query
+
+    bound = guarded(decision).bind_tools([lookup]).bind(stop=["NEVER"], top_p=0.5)
+    chain = RunnableLambda(lambda messages: messages) | bound
+    handler = Everything()
+    config: Any = {"callbacks": [handler]}
+    events = [e async for e in chain.astream_events([image_message(QUESTION)], config=config, version="v2")]
+    assert leaks(events) == [] and leaks(handler.seen) == []
+    assert [e["name"] for e in events if e["event"] == "on_chat_model_start"] == ["ChatECSO"]
+    assert leaks(chain.invoke([image_message(QUESTION)], config={"callbacks": [handler]})) == []
+    assert leaks(handler.seen) == []
 
 
 @pytest.mark.filterwarnings("ignore:astream_log is deprecated")
