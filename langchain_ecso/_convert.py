@@ -192,9 +192,11 @@ def usage_metadata(usage: TokenUsage) -> dict[str, int]:
 
 
 def _metadata(result: ECSOResult, model_name: str, audit: bool) -> dict[str, Any]:
+    raw = result.released.raw if result.released is not None else None
+    answered_by = getattr(raw, "response_metadata", {}).get("model_name") if isinstance(raw, BaseMessage) else None
     return {
         "ecso": result.client_summary(audit),
-        "model_name": model_name,
+        "model_name": answered_by or model_name,  # the model that wrote the released answer (fallbacks, overrides)
         "model_provider": "ecso",
         "finish_reason": result.finish_reason or "stop",
     }

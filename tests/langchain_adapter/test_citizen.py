@@ -100,6 +100,7 @@ def test_a_model_with_fallbacks_falls_back_with_its_tools() -> None:
     guarded = ChatECSO(model=primary.with_fallbacks([chat_openai(stub, model="gpt-4o-mini")]))
     reply = guarded.bind_tools([magic_function]).invoke([image_message("What is magic_function(5)?")])
     assert reply.tool_calls[0]["args"] == {"input": 5}
+    assert reply.response_metadata["model_name"] == "gpt-4o-mini"  # the model that wrote the released answer
     assert [body["model"] for body in stub.bodies] == ["gpt-4o-mini", "gpt-4o-mini"]  # answer, check
     assert answers(stub)[0]["tools"][0]["function"]["name"] == "magic_function"
     assert guarded.profile is not None and guarded.profile["image_inputs"] is True  # the primary's profile

@@ -88,8 +88,8 @@ class TestChatECSOIntegration(ChatModelIntegrationTests):
         return True
 
     @property
-    def supports_model_override(self) -> bool:
-        return False  # one guarded model per ChatECSO; the name override is honoured for tracing only
+    def model_override_value(self) -> str:
+        return "gpt-4o-mini"  # a call's model= goes to the answering model like any call kwarg
 
     def test_image_inputs_reach_the_model(self, model: BaseChatModel) -> None:
         """After the suite's image test: each image format is answered and checked with the PNG itself."""
