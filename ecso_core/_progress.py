@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .errors import MissingDependencyError
+
 __all__ = ["progress_bar"]
 
 
@@ -16,9 +18,16 @@ class _Silent:
 
 
 def progress_bar(total: int, done: int = 0, enabled: bool = True, desc: str = "ecso") -> Any:
-    """A tqdm bar over ``total`` items (``done`` already finished), or a silent one."""
+    """A tqdm bar over ``total`` items (``done`` already finished), or a silent one.
+
+    Raises:
+        MissingDependencyError: a bar is wanted and tqdm (the ``eval`` extra) is not installed.
+
+    """
     if not enabled:
         return _Silent()
-    from tqdm import tqdm
-
+    try:
+        from tqdm import tqdm
+    except ImportError as exc:
+        raise MissingDependencyError(exc.name or "tqdm", "eval") from exc
     return tqdm(total=total, initial=done, unit="case", desc=desc)

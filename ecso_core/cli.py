@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -13,14 +14,19 @@ import typer
 from .audit import JsonlAuditLog
 from .backends import VisionChatBackend, load_backend
 from .config import ECSOConfig
-from .errors import ECSOError, InputError
+from .errors import ECSOError, InputError, MissingDependencyError
 from .guard import ECSO
 from .images import prepare_request
 from .result import ECSOResult
-from .types import ChatRequest, GenerationParams, ImagePart, Message, TextPart
+from .types import ChatRequest, GenerationParams, ImagePart, ImageURL, Message, TextPart
 
 DEFAULT_MODEL = "hf:llava-hf/llava-interleave-qwen-0.5b-hf"
 """A small real VLM (LLaVA architecture, Qwen 0.5B language model) for ``ecso ask`` without --model."""
+
+_MAX_NEW_TOKENS_HELP = (
+    "Most new tokens per model call. Default: the model's own (a checkpoint's generation_config, else the "
+    "paper's 1,024; tiny-random: 16), or the --config file's."
+)
 
 app = typer.Typer(
     help="ECSO (Eyes Closed, Safety On): a training-free guard for vision-language models.",
@@ -38,10 +44,15 @@ def _root() -> None:
 def ask(
     query: Annotated[str, typer.Argument(help="The question to ask about the image(s).")],
     model: Annotated[str, typer.Option(help="Model spec: tiny-random, hf:<id or folder>.")] = DEFAULT_MODEL,
-    image: Annotated[Optional[list[Path]], typer.Option(help="Image file; repeat for several.")] = None,
+    image: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Image: a file path, a data: URL, or an http(s) URL (with --allow-image-urls); repeat for several."
+        ),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the whole ECSOResult as JSON.")] = False,
     system: Annotated[Optional[str], typer.Option(help="A system message.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Most new tokens per model call.")] = 1024,
+    max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help=_MAX_NEW_TOKENS_HELP)] = None,
     device: Annotated[str, typer.Option(help="Torch device for hf models (auto, cpu, cuda, ...).")] = "auto",
     allow_image_urls: Annotated[bool, typer.Option(help="Allow http(s) image URLs.")] = False,
     config: Annotated[Optional[Path], typer.Option(help="ECSOConfig as a JSON file.")] = None,
@@ -50,11 +61,15 @@ def ask(
     if model.startswith("tiny-random"):
         typer.echo("note: tiny-random has random weights; its answers are noise (it tests plumbing only).", err=True)
     messages = [Message(role="system", content=system)] if system else []
-    parts = [ImagePart(image=path) for path in image or []]
+    parts = [ImagePart(image=_image_source(value)) for value in image or []]
     messages.append(Message(role="user", content=(*parts, TextPart(text=query))))
-    params = GenerationParams(max_new_tokens=max_new_tokens)
-    request = ChatRequest(messages=tuple(messages), params=params)
-    settings = _load_config(config, allow_image_urls=allow_image_urls or None, caption_params=params)
+    request = ChatRequest(messages=tuple(messages), params=GenerationParams(max_new_tokens=max_new_tokens))
+    settings = _bounded(_load_config(config, allow_image_urls=allow_image_urls or None), max_new_tokens, "caption")
+    for part in parts:
+        url = part.image.url if isinstance(part.image, ImageURL) else "data:"
+        if not settings.allow_image_urls and url[:5].lower() != "data:":
+            typer.echo(f"error: --image {url[:100]} is a URL; pass --allow-image-urls to fetch it", err=True)
+            raise typer.Exit(code=2)
     try:
         request = prepare_request(request, settings.image_limits, settings.allow_image_urls)  # fail before loading
         backend = _load_model(model, device)
@@ -111,7 +126,11 @@ def serve(
         from .server import create_app
         from .server.protocol import RequestLimits
     except ImportError:
-        typer.echo("error: the server needs its extra: pip install 'ecso[server]'", err=True)
+        typer.echo(
+            "error: the server needs its extra: pip install 'ecso[server]' "
+            "(from a checkout of ecso: pip install -e '.[server]')",
+            err=True,
+        )
         raise typer.Exit(code=1) from None
     settings = _load_config(config, allow_image_urls=allow_image_urls or None, in_band_audit=in_band_audit or None)
     try:
@@ -154,7 +173,7 @@ def eval_command(
     scenarios: Annotated[
         Optional[str], typer.Option(help="MM-SafetyBench scenarios, e.g. 01,02 (default: the paper's).")
     ] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Most new tokens per model call.")] = 1024,
+    max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help=_MAX_NEW_TOKENS_HELP)] = None,
     device: Annotated[str, typer.Option(help="Torch device for hf models.")] = "auto",
     config: Annotated[Optional[Path], typer.Option(help="ECSOConfig as a JSON file.")] = None,
 ) -> None:
@@ -162,9 +181,10 @@ def eval_command(
     from .eval import KeywordJudge, LLMJudge, load_cases, run_eval, select, write_report
     from .eval import data_dir as find_data
 
-    settings = _bounded_config(config, max_new_tokens)
+    settings = _bounded(_load_config(config), max_new_tokens, "answer", "caption", "eyes_closed")
     started = time.perf_counter()
     try:
+        _require_extra("eval", "tqdm", "matplotlib")  # before minutes of model loading, not after
         root = None if benchmark.startswith("jsonl:") else find_data(data_dir)
         extra = {"scenarios": tuple(scenarios.split(","))} if scenarios else {}
         cases = select(load_cases(benchmark, root, **extra), limit, seed)
@@ -217,7 +237,7 @@ def datagen(
     safe_fraction: Annotated[float, typer.Option(help="Share of safe pairs to keep unchanged.")] = 0.0,
     batch_size: Annotated[int, typer.Option(help="Pairs per batched run.")] = 8,
     formats: Annotated[str, typer.Option(help="llava, messages, or both (comma-separated).")] = "llava,messages",
-    max_new_tokens: Annotated[int, typer.Option(help="Most new tokens per model call.")] = 1024,
+    max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help=_MAX_NEW_TOKENS_HELP)] = None,
     device: Annotated[str, typer.Option(help="Torch device for hf models.")] = "auto",
     config: Annotated[Optional[Path], typer.Option(help="ECSOConfig as a JSON file.")] = None,
 ) -> None:
@@ -238,8 +258,9 @@ def datagen(
     except ValueError:
         typer.echo(f"error: --shard must be i/N with 0 <= i < N, got {shard!r}", err=True)
         raise typer.Exit(code=2) from None
-    settings = _bounded_config(config, max_new_tokens)
+    settings = _bounded(_load_config(config), max_new_tokens, "answer", "caption", "eyes_closed")
     try:
+        _require_extra("eval", "tqdm")  # the progress bar
         source = f"jsonl:{input_file}" if input_file else str(benchmark)
         root = None if input_file else find_data(data_dir)
         cases = select(load_cases(source, root), limit, seed)
@@ -280,10 +301,40 @@ def _load_model(spec: str, device: str) -> VisionChatBackend:
     return load_backend(spec) if spec.startswith("openai:") else load_backend(spec, device=device)
 
 
-def _bounded_config(path: Optional[Path], max_new_tokens: int) -> ECSOConfig:
-    """The config file (if any) with every model call bounded to ``max_new_tokens`` (eval and datagen)."""
-    params = GenerationParams(max_new_tokens=max_new_tokens)
-    return _load_config(path, caption_params=params, answer_params=params, eyes_closed_params=params)
+def _image_source(value: str) -> Path | ImageURL:
+    """What ``--image VALUE`` names: a ``data:`` or ``http(s)`` URL (an :class:`ImageURL`), else a file path.
+
+    A URL is never read as a path, nor a path fetched; an http(s) URL is fetched only with
+    ``--allow-image-urls`` (through the guarded fetch of :mod:`ecso_core.images`), else refused.
+    """
+    head = value.strip()[:8].lower()
+    if head.startswith(("data:", "http://", "https://")):
+        return ImageURL(value.strip())
+    return Path(value).expanduser()
+
+
+def _bounded(settings: ECSOConfig, max_new_tokens: Optional[int], *steps: str) -> ECSOConfig:
+    """``settings`` with the given steps' ``max_new_tokens`` set to ``--max-new-tokens``, when it was given.
+
+    Unset, the config file's parameters (else the model's own default) apply. Set, it replaces only
+    ``max_new_tokens`` of each step's parameters; their other fields stay as configured.
+    """
+    if max_new_tokens is None:
+        return settings
+    update = {}
+    for step in steps:
+        params = getattr(settings, f"{step}_params") or GenerationParams()
+        update[f"{step}_params"] = params.model_copy(update={"max_new_tokens": max_new_tokens})
+    return settings.model_copy(update=update)
+
+
+def _require_extra(extra: str, *modules: str) -> None:
+    """Raise :class:`MissingDependencyError` naming ``extra`` unless every module imports."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise MissingDependencyError(module, extra) from exc
 
 
 def _load_config(path: Optional[Path], **overrides: object) -> ECSOConfig:

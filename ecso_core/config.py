@@ -70,7 +70,8 @@ class ECSOConfig(BaseModel):
     check_params: GenerationParams = GenerationParams(max_new_tokens=16)
     """Decoding of the self-check when it is read from text (only the leading word matters)."""
     caption_params: GenerationParams = GenerationParams()
-    """Decoding of the query-aware caption (paper: greedy, 1,024 new tokens)."""
+    """Decoding of the query-aware caption (paper: greedy, 1,024 new tokens; by default the model's own
+    ``max_new_tokens``, which is 1,024 for a checkpoint that declares none)."""
     eyes_closed_params: GenerationParams | None = None
     """Decoding of the eyes-closed answer; ``None`` uses the request's own parameters."""
     image_limits: ImageLimits = ImageLimits()

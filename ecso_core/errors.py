@@ -47,6 +47,9 @@ class ConfigError(ECSOError, ValueError):
 class InputError(ECSOError, ValueError):
     """A request that cannot be served as given; the caller should fix the input."""
 
+    param: str | None = None
+    """The request field at fault, when one is (the server's error body names it)."""
+
 
 class MessageError(InputError):
     """Empty or malformed messages (for example no user turn to take the query from)."""
@@ -58,6 +61,9 @@ class ImageError(InputError):
 
 class CapabilityError(ECSOError):
     """The backend lacks a capability the request needs (too many images, tools, scoring)."""
+
+    param: str | None = None
+    """The request field that needs the capability, when one does (the server's error body names it)."""
 
 
 class BackendError(ECSOError):
@@ -86,6 +92,9 @@ class MissingDependencyError(ECSOError, ImportError):
     """An optional dependency is missing; the message names the ``pip install`` that fixes it."""
 
     def __init__(self, package: str, extra: str) -> None:
-        super().__init__(f"{package} is not installed; install the '{extra}' extra: pip install 'ecso[{extra}]'")
+        super().__init__(
+            f"{package} is not installed; install the '{extra}' extra: pip install 'ecso[{extra}]' "
+            f"(from a checkout of ecso: pip install -e '.[{extra}]')"
+        )
         self.package = package
         self.extra = extra

@@ -153,8 +153,11 @@ class Message(_Frozen):
 class GenerationParams(_Frozen):
     """Decoding parameters. The default is greedy decoding, as in the paper."""
 
-    max_new_tokens: int = Field(default=1024, ge=1)
-    """Upper bound on generated tokens."""
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    """Upper bound on generated tokens; ``None`` leaves it to the model: a transformers checkpoint's own
+    ``generation_config.max_new_tokens`` when it sets one (tiny-random sets 16), else the paper's 1,024
+    (:data:`~ecso_core.backends.transformers.DEFAULT_MAX_NEW_TOKENS`); an OpenAI-compatible server's own
+    default (no ``max_tokens`` is sent)."""
     temperature: float = Field(default=0.0, ge=0.0)
     """0 means greedy decoding."""
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)

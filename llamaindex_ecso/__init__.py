@@ -1,4 +1,4 @@
-"""llamaindex_ecso: ECSO as a LlamaIndex multimodal LLM, and any LlamaIndex LLM as an ecso backend."""
+"""llamaindex_ecso: ECSO as a LlamaIndex LLM, LlamaIndex LLMs as ecso backends, query engines that show decisions."""
 
 from __future__ import annotations
 
@@ -11,5 +11,6 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 
 from .backend import ECSOStepEndEvent, ECSOStepStartEvent, LlamaIndexBackend
 from .llm import ECSOMultiModalLLM
+from .query_engine import ECSOQueryEngine
 
-__all__ = ["ECSOMultiModalLLM", "ECSOStepEndEvent", "ECSOStepStartEvent", "LlamaIndexBackend"]
+__all__ = ["ECSOMultiModalLLM", "ECSOQueryEngine", "ECSOStepEndEvent", "ECSOStepStartEvent", "LlamaIndexBackend"]

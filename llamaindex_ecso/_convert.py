@@ -6,6 +6,7 @@ import base64
 import binascii
 import io
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,10 @@ _ROLES = {
 }
 # Blocks with no content for the model to read again (its own reasoning, cache hints).
 _SKIPPED = {"thinking", "cache"}
+# A file's bytes decoded as text carry NUL characters, which no text a person or a model writes has;
+# these signatures (what is left of them after errors="ignore" decoding) name an image format.
+_IMAGE_SIGNATURES = {"PNG": "PNG\r\n\x1a\n", "JPEG": "JFIF\x00|Exif\x00\x00", "GIF": "GIF8[79]a", "WebP": "WEBPVP8"}
+_IMAGE_FILE = re.compile("|".join(f"(?P<{name}>{sig})" for name, sig in _IMAGE_SIGNATURES.items()))
 
 
 def to_ecso_request(
@@ -72,7 +77,8 @@ def to_ecso_request(
     decides, so ``ImageBlock.resolve_image()`` never fetches a URL or opens a path on its own.
 
     Raises:
-        MessageError: no messages, or a block that cannot be sent (audio, documents, ...).
+        MessageError: no messages, a block that cannot be sent (audio, documents, ...), or a text block
+            that holds a file's bytes (an image read as text would pass the guard unseen).
 
     """
     if not messages:
@@ -93,6 +99,7 @@ def _message(message: ChatMessage) -> Message:
     calls: list[ToolCall] = []
     for block in message.blocks:
         if isinstance(block, TextBlock):
+            _refuse_file_bytes(block.text, role)
             parts.append(TextPart(text=block.text))
         elif isinstance(block, ImageBlock):
             parts.append(ImagePart(image=_image_source(block)))
@@ -111,6 +118,20 @@ def _message(message: ChatMessage) -> Message:
         tool_id = message.additional_kwargs.get("tool_call_id") or ""
         return Message(role="tool", content=tuple(parts), tool_call_id=tool_id)
     return Message(role=role, content=tuple(parts), tool_calls=tuple(calls))
+
+
+def _refuse_file_bytes(text: str, role: str) -> None:
+    """Refuse a file read as text: an image there would pass the guard unseen (the request has no image)."""
+    if "\x00" not in text:
+        return
+    found = _IMAGE_FILE.search(text)
+    what = f"a {found.lastgroup} image file" if found else "a binary file (NUL characters)"
+    raise MessageError(
+        f"a text block in a {role} message holds {what} read as text, so the guard cannot see it as an "
+        "image. SimpleDirectoryReader reads images as text unless llama-index-readers-file is installed: "
+        "`pip install llama-index-readers-file` (its ImageReader makes ImageDocuments), or load images as "
+        "ImageNode/ImageDocument, or send them as ImageBlocks."
+    )
 
 
 def _raw_tool_call(raw: Any) -> ToolCall:

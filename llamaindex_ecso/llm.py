@@ -25,9 +25,11 @@ from pydantic import ConfigDict, Field, model_validator
 from ecso_core.backends.base import VisionChatBackend
 from ecso_core.config import ECSOConfig
 from ecso_core.guard import ECSO, StreamEnd, TextDelta
+from ecso_core.result import ECSOResult
 from ecso_core.types import ChatRequest, GenerationParams
 
 from ._convert import chat_response, to_ecso_request, tool_selections, with_user_message
+from ._decisions import raising, record
 from .backend import LlamaIndexBackend
 
 __all__ = ["ECSOMultiModalLLM"]
@@ -39,9 +41,12 @@ class ECSOMultiModalLLM(FunctionCallingLLM):
     Wrap any LlamaIndex LLM (``ECSOMultiModalLLM(llm=OpenAI(model="gpt-4o"))``) or an ecso backend
     (``ECSOMultiModalLLM(backend=load_backend("hf:..."))``) and use it as ``Settings.llm``, in chat
     engines, multimodal query engines and agents. Images arrive as ``ImageBlock``s; the guard's image
-    policy applies before anything reads them. Responses carry ``additional_kwargs["ecso"]`` (the
-    result's client summary: no withheld text). The wrapped LLM's instrumentation of the ECSO steps is
-    withheld; handlers see ``ECSOStepStartEvent``/``ECSOStepEndEvent`` and this LLM's own events.
+    policy applies before anything reads them, and a text block holding a file's bytes (an image read
+    as text, e.g. by ``SimpleDirectoryReader`` without ``llama-index-readers-file``) is a
+    ``MessageError``. Responses carry ``additional_kwargs["ecso"]`` (the result's client summary: no
+    withheld text); wrap a query engine in ``ECSOQueryEngine`` to get it in ``Response.metadata``.
+    The wrapped LLM's instrumentation of the ECSO steps is withheld; handlers see
+    ``ECSOStepStartEvent``/``ECSOStepEndEvent`` and this LLM's own events.
 
     It is a function-calling LLM: ``metadata.is_function_calling_model`` follows the wrapped model, so
     ``FunctionAgent`` works exactly when the wrapped LLM can call tools (``ReActAgent`` always works).
@@ -102,40 +107,46 @@ class ECSOMultiModalLLM(FunctionCallingLLM):
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Guarded chat."""
-        guard, request = self._prepare(messages, kwargs)
-        return chat_response(guard.run(request), audit=self.config.in_band_audit)
+        with raising():
+            guard, request = self._prepare(messages, kwargs)
+            return _released(guard.run(request), self.config.in_band_audit)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Guarded async chat."""
-        guard, request = self._prepare(messages, kwargs)
-        return chat_response(await guard.arun(request), audit=self.config.in_band_audit)
+        with raising():
+            guard, request = self._prepare(messages, kwargs)
+            return _released(await guard.arun(request), self.config.in_band_audit)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         """Guarded streaming chat: nothing is emitted before the verdict."""
-        guard, request = self._prepare(messages, kwargs)
+        with raising():
+            guard, request = self._prepare(messages, kwargs)
 
         def gen() -> ChatResponseGen:
             text = ""
-            for event in guard.stream(request):
-                text, response = _streamed(event, text, self.config.in_band_audit)
-                if response is not None:
-                    yield response
+            with raising():
+                for event in guard.stream(request):
+                    text, response = _streamed(event, text, self.config.in_band_audit)
+                    if response is not None:
+                        yield response
 
         return gen()
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         """Guarded async streaming chat."""
-        guard, request = self._prepare(messages, kwargs)
+        with raising():
+            guard, request = self._prepare(messages, kwargs)
 
         async def gen() -> ChatResponseAsyncGen:
             text = ""
-            async for event in guard.astream(request):
-                text, response = _streamed(event, text, self.config.in_band_audit)
-                if response is not None:
-                    yield response
+            with raising():
+                async for event in guard.astream(request):
+                    text, response = _streamed(event, text, self.config.in_band_audit)
+                    if response is not None:
+                        yield response
 
         return gen()
 
@@ -216,8 +227,15 @@ def _streamed(event: Any, text: str, audit: bool) -> tuple[str, ChatResponse | N
         text += event.text
         return text, ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=event.text)
     if isinstance(event, StreamEnd):
-        return text, chat_response(event.result, delta="", audit=audit)
+        return text, _released(event.result, audit, delta="")
     return text, None
+
+
+def _released(result: ECSOResult, audit: bool, delta: str | None = None) -> ChatResponse:
+    """The response for a decided call; its client summary is reported to open collectors (``ECSOQueryEngine``)."""
+    response = chat_response(result, delta=delta, audit=audit)
+    record(response.additional_kwargs["ecso"])
+    return response
 
 
 def _completion(response: ChatResponse) -> CompletionResponse:

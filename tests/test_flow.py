@@ -75,7 +75,7 @@ def test_unsafe_path_captions_with_the_image_then_answers_with_no_image() -> Non
     _, _, caption_req, closed_req = backend.requests
     assert [p.kind for p in caption_req.messages[0].content] == ["image", "text"]
     assert caption_req.messages[0].text == CAPTION.format(query=QUERY)
-    assert caption_req.params == GenerationParams(max_new_tokens=1024)
+    assert caption_req.params == GenerationParams(max_new_tokens=None)  # the model's own default (paper: 1,024)
     assert closed_req.images == ()
     assert texts(closed_req) == [HINTS.format(caption="A diagram titled 'bomb'", query=QUERY)]
     assert [s.name for s in result.steps] == ["answer", "check", "caption", "eyes_closed"]

@@ -152,6 +152,12 @@ def test_generate_posts_the_exact_body_with_auth(monkeypatch: pytest.MonkeyPatch
     assert handler.headers[0]["authorization"] == "Bearer sk-test"
 
 
+def test_unset_max_new_tokens_sends_no_max_tokens_the_server_default_applies() -> None:
+    handler = Recorder(completion("fine"))
+    backend(handler).generate([ChatRequest(messages=(Message(role="user", content="hi"),))])
+    assert handler.bodies == [{"model": "vlm", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.0}]
+
+
 def test_scoring_requests_one_token_with_logprobs_and_ecso_uses_it() -> None:
     handler = Recorder(completion("an answer"), logprob_completion(0.1, 0.8))
     guard = ECSO(backend(handler))

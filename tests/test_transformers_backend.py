@@ -174,10 +174,72 @@ def test_bad_specs_and_missing_models_give_typed_errors(tmp_path: Path) -> None:
         load_backend("nonsense:model")
     with pytest.raises(ConfigError):
         load_backend("tiny-random:unknown")
-    with pytest.raises(BackendUnavailableError, match="cannot load"):
+    with pytest.raises(BackendUnavailableError, match="^model folder .* does not exist"):
         load_backend(f"hf:{tmp_path / 'missing'}")
+    with pytest.raises(BackendUnavailableError, match="cannot load"):
+        load_backend(f"hf:{tmp_path}")  # a folder, but no model in it
     with pytest.raises(BackendUnavailableError, match="download it first"):
         load_backend("hf:some-org/some-model-that-is-not-cached")
+
+
+@pytest.mark.parametrize("spec", ["./no/such/dir", "no/such/dir", "/no/such/dir", "no-such-dir/", "~/no/such/dir"])
+def test_a_missing_local_folder_says_it_does_not_exist_without_asking_the_hub(
+    spec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ecso_core.backends import hf_loading
+
+    def no_hub(model: str) -> None:
+        raise AssertionError(f"the hub was asked about {model!r}")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hf_loading, "_require_hub", no_hub)
+    expanded = str(Path(spec).expanduser()) if spec.startswith("~") else spec
+    with pytest.raises(BackendUnavailableError) as caught:
+        load_backend(f"hf:{spec}")
+    assert str(caught.value) == (
+        f"model folder {expanded!r} does not exist (looked for {Path(expanded).absolute()}); pass an existing "
+        "folder, or a Hugging Face hub id such as 'llava-hf/llava-1.5-7b-hf'"
+    )
+
+
+def test_what_looks_like_a_path() -> None:
+    from ecso_core.backends.hf_loading import looks_like_path
+
+    paths = ["/abs", "./rel", "../up", "~/home", ".", "a/b/c", "folder/", "C:\\models\\x", "models\\x"]
+    hub_ids = ["llava-hf/llava-1.5-7b-hf", "gpt2", "org/name"]
+    assert [looks_like_path(p) for p in paths] == [True] * len(paths)
+    assert [looks_like_path(h) for h in hub_ids] == [False] * len(hub_ids)
+
+
+def test_tiny_random_declares_a_small_default_and_the_backend_uses_it(backend: TransformersBackend) -> None:
+    from ecso_core.backends.tiny import TINY_MAX_NEW_TOKENS
+
+    assert TINY_MAX_NEW_TOKENS == 16
+    assert backend.model.generation_config.max_new_tokens == 16 == backend.default_max_new_tokens
+    request = image_request("What is this?", noise(20, 20)).model_copy(update={"params": GenerationParams()})
+    (reply,) = backend.generate([request])
+    assert (reply.usage.completion_tokens, reply.finish_reason) == (16, "length")  # random weights never stop
+
+
+def test_a_checkpoint_without_a_default_gets_the_papers_1024_and_asked_values_win(
+    backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ecso_core.backends.transformers import DEFAULT_MAX_NEW_TOKENS
+
+    asked: list[int] = []
+    generate = backend.model.generate
+
+    def recording(*args: object, **kwargs: object) -> object:
+        asked.append(kwargs["max_new_tokens"])  # type: ignore[arg-type]
+        return generate(*args, **{**kwargs, "max_new_tokens": 1})
+
+    monkeypatch.setattr(backend.model, "generate", recording)
+    unset = image_request("What is this?", noise(20, 20)).model_copy(update={"params": GenerationParams()})
+    backend.generate([unset, image_request("And this?", noise(20, 20), max_new_tokens=16)])
+    assert asked == [16]  # unset resolves to the model's 16 first: one batch with the request asking for 16
+    monkeypatch.setattr(backend.model.generation_config, "max_new_tokens", None)
+    backend.generate([unset, image_request("And this?", noise(20, 20), max_new_tokens=5)])
+    assert DEFAULT_MAX_NEW_TOKENS == 1024 and asked[1:] == [1024, 5]
 
 
 def test_unreachable_hub_fails_fast_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:

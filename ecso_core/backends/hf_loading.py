@@ -11,6 +11,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import sys
 import types
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..errors import BackendUnavailableError
 if TYPE_CHECKING:
     from .transformers import TransformersSettings
 
-__all__ = ["image_only_processor", "load_pretrained", "load_processor", "pixtral_processor_class"]
+__all__ = ["image_only_processor", "load_pretrained", "load_processor", "looks_like_path", "pixtral_processor_class"]
 
 _log = logging.getLogger("ecso")
 
@@ -39,7 +40,15 @@ def load_pretrained(options: TransformersSettings) -> tuple[Any, Any, str]:
 
     """
     hf_logging.disable_progress_bar()
+    if options.model.startswith("~"):  # "hf:~/models/x": no shell expands a ~ inside a spec
+        options = options.model_copy(update={"model": str(Path(options.model).expanduser())})
     local = Path(options.model).exists()
+    if not local and looks_like_path(options.model):  # not a hub id: "download it" would mislead
+        raise BackendUnavailableError(
+            f"model folder {options.model!r} does not exist (looked for {Path(options.model).absolute()}); "
+            "pass an existing folder, "
+            "or a Hugging Face hub id such as 'llava-hf/llava-1.5-7b-hf'"
+        )
     offline = options.local_files_only or _env_flag("HF_HUB_OFFLINE")
     if not local and not offline and not _is_cached(options.model):
         _require_hub(options.model)  # fail in seconds, not after minutes of retries
@@ -54,11 +63,27 @@ def load_pretrained(options: TransformersSettings) -> tuple[Any, Any, str]:
         if options.attn_implementation:
             load["attn_implementation"] = options.attn_implementation
         loaded = _model_class(options.model, kwargs).from_pretrained(options.model, **load)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a folder without a model's files in it
         hint = "" if local else f" {_DOWNLOAD_HINT.format(model=options.model)}"
         raise BackendUnavailableError(f"cannot load model {options.model!r}: {exc}.{hint}") from exc
     loaded.to(device).eval()
     return loaded, processor, Path(options.model).name if local else options.model
+
+
+def looks_like_path(model: str) -> bool:
+    """Whether ``model`` can only be a folder, not a hub id (``name`` or ``org/name``).
+
+    Absolute, ``./``, ``../`` and ``~`` paths, Windows paths, and anything with more than one ``/`` or a
+    trailing one. A relative ``org/name`` stays ambiguous: a folder when it exists, else a hub id.
+    """
+    return (
+        model.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+        or model in (".", "..")
+        or "\\" in model
+        or model.count("/") > 1
+        or model.endswith("/")
+        or re.match(r"[A-Za-z]:[\\/]", model) is not None
+    )
 
 
 def load_processor(model: str, kwargs: dict[str, Any]) -> Any:

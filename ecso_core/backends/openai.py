@@ -69,7 +69,8 @@ def to_payload(request: ChatRequest, model: str) -> dict[str, Any]:
     """Translate ``request`` into a chat-completions JSON body (images become ``data:`` URLs)."""
     body: dict[str, Any] = {"model": model, "messages": [_message(m) for m in request.messages]}
     params = request.params
-    body["max_tokens"] = params.max_new_tokens
+    if params.max_new_tokens is not None:  # unset: the server's own default, as for any OpenAI client
+        body["max_tokens"] = params.max_new_tokens
     body["temperature"] = params.temperature
     if params.top_p != 1.0:
         body["top_p"] = params.top_p

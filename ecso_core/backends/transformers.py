@@ -40,12 +40,17 @@ from .hf_reuse import CachedImageProcessor, PrefixCache, ReusePlan, image_token_
 _log = logging.getLogger("ecso")
 
 __all__ = [
+    "DEFAULT_MAX_NEW_TOKENS",
     "TransformersBackend",
     "TransformersSettings",
     "control_tokens",
     "to_template_messages",
     "yes_no_token_ids",
 ]
+
+DEFAULT_MAX_NEW_TOKENS = 1024
+"""New tokens per call when the request leaves it to the model and the checkpoint's
+``generation_config`` sets no ``max_new_tokens``: the paper's setting for every ECSO step."""
 
 _YES_VARIANTS = ("yes", "Yes", "YES", " yes", " Yes", " YES")
 _NO_VARIANTS = ("no", "No", "NO", " no", " No", " NO")
@@ -169,6 +174,16 @@ class TransformersBackend(BackendBase):
         for path, reason in self.fast_paths.items():
             _log.info("%s: %s %s", self.name, path, "on" if reason is None else f"off ({reason})")
 
+    @property
+    def default_max_new_tokens(self) -> int:
+        """New tokens per call when ``GenerationParams.max_new_tokens`` is None: the model's own default.
+
+        The checkpoint's ``generation_config.max_new_tokens`` when it sets one (tiny-random sets 16, so
+        a first run takes seconds), else :data:`DEFAULT_MAX_NEW_TOKENS` (the paper's 1,024).
+        """
+        own = getattr(self.model.generation_config, "max_new_tokens", None)
+        return int(own) if own else DEFAULT_MAX_NEW_TOKENS
+
     def describe(self) -> dict[str, Any]:
         """What was loaded and which fast paths are on (None) or off (the reason)."""
         image_processor = getattr(self.processor, "image_processor", None)
@@ -276,13 +291,23 @@ class TransformersBackend(BackendBase):
             if index in skip:
                 continue
             check_capabilities(self.capabilities, request, self.name)
-            key = (request.params if by_params else None, bool(request.images))
+            key = (self._resolved(request.params) if by_params else None, bool(request.images))
             groups.setdefault(key, []).append(index)
         batches = []
         for (params, _), indices in groups.items():
             for start in range(0, len(indices), self.max_batch_size):
                 batches.append((params or GenerationParams(), indices[start : start + self.max_batch_size]))
         return batches
+
+    def _resolved(self, params: GenerationParams) -> GenerationParams:
+        """``params`` with the model's own default in place of an unset ``max_new_tokens``.
+
+        Resolved before grouping, so that requests that leave it unset batch with those that ask for
+        the same number explicitly.
+        """
+        if params.max_new_tokens is not None:
+            return params
+        return params.model_copy(update={"max_new_tokens": self.default_max_new_tokens})
 
     def _encode(self, requests: list[ChatRequest]) -> tuple[Any, list[int]]:
         texts, images = [], []
@@ -317,7 +342,7 @@ class TransformersBackend(BackendBase):
     def _generate_batch(self, requests: list[ChatRequest], params: GenerationParams) -> list[ChatReply]:
         inputs, prompt_tokens = self._encode(requests)
         kwargs: dict[str, Any] = {
-            "max_new_tokens": params.max_new_tokens,
+            "max_new_tokens": self._resolved(params).max_new_tokens,
             "do_sample": params.temperature > 0,
             "pad_token_id": self.tokenizer.pad_token_id,
         }

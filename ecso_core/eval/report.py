@@ -9,6 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..errors import MissingDependencyError
+
 __all__ = ["summarize", "write_report"]
 
 
@@ -29,8 +31,9 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     if attacks:
         groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for record in attacks:
-            groups[(record["scenario"], record["image_kind"])].append(record)
             groups[("all", record["image_kind"])].append(record)
+            if record["scenario"] != "all":  # a case without a scenario (JSONL) is in the "all" row once
+                groups[(record["scenario"], record["image_kind"])].append(record)
         summary["attack"] = [
             {
                 "scenario": scenario,
@@ -81,7 +84,12 @@ def _count(values: Any) -> dict[str, int]:
 
 
 def write_report(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """Read ``out/records.jsonl``; write ``summary.json``, plots, ``report.md`` and ``report.html``."""
+    """Read ``out/records.jsonl``; write ``summary.json``, plots, ``report.md`` and ``report.html``.
+
+    Raises:
+        MissingDependencyError: matplotlib (the ``eval`` extra) is not installed.
+
+    """
     records = [json.loads(line) for line in (out / "records.jsonl").read_text(encoding="utf-8").splitlines() if line]
     summary = {**meta, **summarize(records)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
@@ -163,7 +171,10 @@ def _html(summary: dict[str, Any], plots: list[Path]) -> str:
 
 
 def _plots(summary: dict[str, Any], folder: Path) -> list[Path]:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise MissingDependencyError(exc.name or "matplotlib", "eval") from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,7 +1,8 @@
 """FastAPI routes and error handlers of the guarded OpenAI-compatible server.
 
-Every error leaves as an OpenAI-shaped body: 400 bad request or image, 401 bad API key, 413 body too
-large, 502 backend failure, 504 timeout, 500 anything unexpected. No request can crash the process.
+Every error leaves as an OpenAI-shaped body: 400 bad request or image, or a request field the server
+cannot honour (``param`` names it), 401 bad API key, 413 body too large, 502 backend failure, 504
+timeout, 500 anything unexpected. No request can crash the process.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from ..errors import (
     MissingDependencyError,
 )
 from ..guard import ECSO
-from ..result import ECSOResult
 from .admission import PixelBudget, admit_images
 from .protocol import (
     ChatCompletionRequest,
     RequestLimits,
     completion_body,
+    ecso_headers,
     error_body,
     stream_bodies,
     to_chat_request,
@@ -54,9 +55,11 @@ __all__ = ["create_app"]
 class HTTPProblem(Exception):
     """An error with its HTTP status and OpenAI error type."""
 
-    def __init__(self, status: int, message: str, error_type: str, code: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, error_type: str, code: str | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
-        self.status, self.message, self.error_type, self.code = status, message, error_type, code
+        self.status, self.message, self.error_type, self.code, self.param = status, message, error_type, code, param
 
 
 def _problem(exc: Exception) -> HTTPProblem:
@@ -64,7 +67,7 @@ def _problem(exc: Exception) -> HTTPProblem:
     if isinstance(exc, HTTPProblem):
         return exc
     if isinstance(exc, (InputError, CapabilityError)):
-        return HTTPProblem(400, str(exc), "invalid_request_error", type(exc).__name__)
+        return HTTPProblem(400, str(exc), "invalid_request_error", type(exc).__name__, exc.param)
     if isinstance(exc, BackendTimeoutError):
         return HTTPProblem(504, str(exc), "timeout_error", "BackendTimeoutError")
     if isinstance(exc, (BackendError, CheckFailedError)):
@@ -84,7 +87,7 @@ def create_app(
     max_batch_size: int = 16,
     batch_window_s: float = 0.005,
     request_timeout_s: float = 300.0,
-    default_max_tokens: int = 1024,
+    default_max_tokens: int | None = None,
     keepalive_s: float = 10.0,
     public_metrics: bool = False,
     limits: RequestLimits | None = None,
@@ -92,15 +95,16 @@ def create_app(
     """Build the app serving ``backend`` (usually an :class:`~ecso_core.guard.ECSO` guard).
 
     Args:
-        backend: what answers; a guard adds the ``ecso`` field and ``X-ECSO-Decision`` header (both
-            without withheld text unless its config sets ``in_band_audit``).
+        backend: what answers; a guard adds the ``ecso`` field and the ``X-ECSO-*`` headers (both
+            without withheld text; the field carries it only when the config sets ``in_band_audit``).
         model_name: the id served by ``/v1/models`` and echoed in responses.
         api_key: when set, requests need ``Authorization: Bearer <api_key>``.
         max_body_bytes: larger request bodies get 413.
         max_batch_size: most concurrent requests answered as one batch.
         batch_window_s: how long a request waits for others to batch with.
         request_timeout_s: a request still unanswered after this gets 504.
-        default_max_tokens: ``max_tokens`` when the client sends none.
+        default_max_tokens: ``max_tokens`` when the client sends none; None leaves it to the model (a
+            transformers checkpoint's own default, else 1,024; an OpenAI-compatible server's own default).
         keepalive_s: a streamed request still undecided after this starts its SSE stream with
             keep-alive comments (proxies and clients would otherwise time out on a silent socket);
             a failure after that point arrives as an SSE ``error`` event.
@@ -129,7 +133,8 @@ def create_app(
 
     async def _errors(_: Request, exc: Exception) -> JSONResponse:
         problem = _problem(exc)
-        return JSONResponse(error_body(problem.message, problem.error_type, problem.code), status_code=problem.status)
+        body = error_body(problem.message, problem.error_type, problem.code, problem.param)
+        return JSONResponse(body, status_code=problem.status)
 
     app.add_exception_handler(HTTPProblem, _errors)  # expected errors: answered, not logged as crashes
     app.add_exception_handler(Exception, _errors)  # anything else: a 500 body, and the server stays up
@@ -158,7 +163,10 @@ def create_app(
         try:
             _authorise(request, api_key)
             body = await _read_body(request, max_body_bytes)
-            chat_request = to_chat_request(body, default_max_tokens, limits).model_copy(update={"cancel": token})
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            chat_request = to_chat_request(
+                body, default_max_tokens, limits, backend.capabilities.call_options, name
+            ).model_copy(update={"cancel": token})
             # Images are read and decoded off the loop, within a deadline and the server's pixel budget,
             # so that a bad image is a 400 before anything streams.
             chat_request, pixels = await admit_images(
@@ -170,7 +178,7 @@ def create_app(
             try:
                 if body.stream and not (await asyncio.wait({answer}, timeout=keepalive_s))[0]:
                     service.metrics.requests.labels("200").inc()  # committed to a stream from here on
-                    late = _late_sse(answer, name, keepalive_s, audit, token)  # it watches the client itself
+                    late = _late_sse(answer, name, keepalive_s, audit, token, usage)  # it watches the client itself
                     return StreamingResponse(late, media_type="text/event-stream", headers=_SSE_HEADERS)
                 reply = await answer
             finally:
@@ -182,12 +190,10 @@ def create_app(
             raise problem from exc
         service.metrics.requests.labels("200").inc()
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        headers = {}
-        if isinstance(reply.raw, ECSOResult):
-            headers["X-ECSO-Decision"] = reply.raw.decision
+        headers = ecso_headers(reply)
         if not body.stream:
             return JSONResponse(completion_body(reply, name, completion_id, created, audit), headers=headers)
-        chunks = stream_bodies(reply, name, completion_id, created, audit)
+        chunks = stream_bodies(reply, name, completion_id, created, audit, usage)
         return StreamingResponse(_sse(chunks), media_type="text/event-stream", headers=headers | _SSE_HEADERS)
 
     return app
@@ -243,7 +249,7 @@ async def _cancel_on_disconnect(request: Request, token: CancelToken) -> None:
 
 
 async def _late_sse(
-    answer: asyncio.Future[Any], name: str, keepalive_s: float, audit: bool, token: CancelToken
+    answer: asyncio.Future[Any], name: str, keepalive_s: float, audit: bool, token: CancelToken, usage: bool
 ) -> AsyncIterator[bytes]:
     """An SSE stream opened before the verdict: keep-alive comments, then the answer (or an error event)."""
     try:
@@ -257,10 +263,12 @@ async def _late_sse(
         reply = answer.result()
     except Exception as exc:  # noqa: BLE001 - the status line is sent: report in-band, as OpenAI does
         problem = _problem(exc)
-        yield f"data: {json.dumps(error_body(problem.message, problem.error_type, problem.code))}\n\n".encode()
+        error = error_body(problem.message, problem.error_type, problem.code, problem.param)
+        yield f"data: {json.dumps(error)}\n\n".encode()
         yield b"data: [DONE]\n\n"
         return
-    async for line in _sse(stream_bodies(reply, name, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), audit)):
+    chunks = stream_bodies(reply, name, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), audit, usage)
+    async for line in _sse(chunks):
         yield line
 
 

@@ -241,6 +241,7 @@ def test_public_surface_is_pinned() -> None:
 
     assert sorted(llamaindex_ecso.__all__) == [
         "ECSOMultiModalLLM",
+        "ECSOQueryEngine",
         "ECSOStepEndEvent",
         "ECSOStepStartEvent",
         "LlamaIndexBackend",

@@ -6,7 +6,9 @@ a chat template after the family's own. It is saved to a cache folder and loaded
 normal ``from_pretrained`` path, deterministic for a seed. The language model's q/k projections are
 scaled up so that attention is sharp and a wrong position shows (tests prove fast paths exact on them).
 
-Its answers are noise: tiny-random proves plumbing, batching and speed ratios, never safety.
+Its answers are noise: tiny-random proves plumbing, batching and speed ratios, never safety. Each
+declares a small ``max_new_tokens`` (:data:`TINY_MAX_NEW_TOKENS`) in its ``generation_config``: its random
+weights never end an answer, and a first run should take seconds.
 
 Variants (``tiny-random:<variant>``): a family name gives its realistic image geometry (LLaVA-1.5: 336 px
 in 14 px patches = 576 image tokens; Gemma 3: 896 px pooled to 256; Qwen2/2.5-VL and GLM-4V: 448 px =
@@ -26,10 +28,17 @@ from typing import Any
 
 from ...errors import ConfigError, MissingDependencyError
 
-__all__ = ["FAMILIES", "TINY_VARIANTS", "TinySpec", "build_tiny_model", "tiny_cache_dir"]
+__all__ = ["FAMILIES", "TINY_MAX_NEW_TOKENS", "TINY_VARIANTS", "TinySpec", "build_tiny_model", "tiny_cache_dir"]
 
 # Bump when a build recipe changes, so that stale cached models are rebuilt.
-_RECIPE_VERSION = 2
+_RECIPE_VERSION = 4
+
+TINY_MAX_NEW_TOKENS = 16
+"""The ``max_new_tokens`` every tiny-random model declares in its saved ``generation_config``.
+
+Random weights never emit an end-of-sequence token, so without a default of its own every call would
+run to the paper's 1,024 tokens and a newcomer's first ``ecso ask`` would take minutes on a CPU. A
+request that sets ``GenerationParams.max_new_tokens`` (``--max-new-tokens``) still gets what it asks."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,7 @@ def build_tiny_model(variant: str = "llava", seed: int = 0, cache_dir: Path | No
     try:
         torch.manual_seed(seed)
         processor, model = _builder(spec.arch)(spec)
+        model.generation_config.max_new_tokens = TINY_MAX_NEW_TOKENS  # the model's own default
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         try:
