@@ -22,13 +22,16 @@ from PIL import Image
 from ecso_core import ChatRequest, ECSOConfig, GenerationParams, ImagePart, Message, TextPart, load_backend
 from ecso_core.flow import answer_windows
 from ecso_core.images import prepare_request
+from ecso_core.prompts import get_prompt_set
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = "List the steps shown in the image in detail."
 
 
 def check_request(image: ImagePart, window: str, config: ECSOConfig) -> ChatRequest:
-    text = config.prompts.render("check", query=QUERY, response=window, fence="")
+    text = get_prompt_set(config.prompt_set, config.prompt_overrides).render(
+        "check", query=QUERY, response=window, fence=""
+    )
     return ChatRequest(messages=(Message(role="user", content=(image, TextPart(text=text))),))
 
 

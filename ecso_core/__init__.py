@@ -1,12 +1,12 @@
 """ecso: Eyes Closed, Safety On — a training-free guard for vision-language chat models.
 
 ``import ecso_core`` stays light: torch, transformers and web frameworks load only when a backend
-that needs them is first used.
+that needs them is first used. Heavy backends are reached by their module
+(``from ecso_core.backends.transformers import TransformersBackend``, needs the ``hf`` extra) or by
+:func:`load_backend` spec strings; everything in ``__all__`` imports with the base install.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
 
 from .backends import (
     BackendBase,
@@ -33,26 +33,24 @@ from .errors import (
     RequestCancelledError,
 )
 from .guard import ECSO, ECSOStreamEvent, StepEvent, StreamEnd, TextDelta
-from .prompts import PROMPT_SETS, PromptSet
-from .result import ECSOResult, StepTrace
+from .prompts import PROMPT_SETS, PromptSet, register_prompt_set
+from .result import ECSOResult, StepTrace, Verdict
 from .types import (
     ChatReply,
     ChatRequest,
+    Decision,
     GenerationParams,
     ImagePart,
     ImageURL,
     Message,
+    StepName,
     TextPart,
     TokenUsage,
     ToolCall,
     YesNoScore,
 )
-from .verdict import Verdict
 
-if TYPE_CHECKING:
-    from .backends.transformers import TransformersBackend
-
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version source (pyproject reads it)
 
 __all__ = [
     "ECSO",
@@ -68,6 +66,7 @@ __all__ = [
     "ChatRequest",
     "CheckFailedError",
     "ConfigError",
+    "Decision",
     "ECSOConfig",
     "ECSOError",
     "ECSOResult",
@@ -87,24 +86,17 @@ __all__ = [
     "RequestCancelledError",
     "ScriptedBackend",
     "StepEvent",
+    "StepName",
     "StepTrace",
     "StreamEnd",
     "TextDelta",
     "TextPart",
     "TokenUsage",
     "ToolCall",
-    "TransformersBackend",
     "Verdict",
     "VisionChatBackend",
     "YesNoScore",
     "__version__",
     "load_backend",
+    "register_prompt_set",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "TransformersBackend":
-        from .backends.transformers import TransformersBackend
-
-        return TransformersBackend
-    raise AttributeError(f"module 'ecso_core' has no attribute {name!r}")

@@ -6,6 +6,8 @@ import importlib
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,6 +25,10 @@ from .types import ChatRequest, GenerationParams, ImagePart, ImageURL, Message, 
 DEFAULT_MODEL = "hf:llava-hf/llava-interleave-qwen-0.5b-hf"
 """A small real VLM (LLaVA architecture, Qwen 0.5B language model) for ``ecso ask`` without --model."""
 
+_MODEL_HELP = (
+    "Model spec: tiny-random[:<family>], hf:<hub id or local folder>, or openai:<model>@<base_url> "
+    "(an OpenAI-compatible server: vLLM, Ollama, ...)."
+)
 _MAX_NEW_TOKENS_HELP = (
     "Most new tokens per model call. Default: the model's own (a checkpoint's generation_config, else the "
     "paper's 1,024; tiny-random: 16), or the --config file's."
@@ -43,7 +49,7 @@ def _root() -> None:
 @app.command()
 def ask(
     query: Annotated[str, typer.Argument(help="The question to ask about the image(s).")],
-    model: Annotated[str, typer.Option(help="Model spec: tiny-random, hf:<id or folder>.")] = DEFAULT_MODEL,
+    model: Annotated[str, typer.Option(help=_MODEL_HELP)] = DEFAULT_MODEL,
     image: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -70,14 +76,11 @@ def ask(
         if not settings.allow_image_urls and url[:5].lower() != "data:":
             typer.echo(f"error: --image {url[:100]} is a URL; pass --allow-image-urls to fetch it", err=True)
             raise typer.Exit(code=2)
-    try:
+    with _reported_errors():
         request = prepare_request(request, settings.image_limits, settings.allow_image_urls)  # fail before loading
         backend = _load_model(model, device)
         start = time.perf_counter()
         result = ECSO(backend, settings).run(request)
-    except ECSOError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2 if isinstance(exc, InputError) else 1) from None
     if json_output:
         typer.echo(result.model_dump_json(indent=2))
         return
@@ -87,7 +90,7 @@ def ask(
 
 @app.command()
 def serve(
-    model: Annotated[str, typer.Option(help="Model spec to guard: tiny-random, hf:<id>, openai:<model>@<url>.")],
+    model: Annotated[str, typer.Option(help=_MODEL_HELP)],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     api_key: Annotated[
@@ -133,12 +136,9 @@ def serve(
         )
         raise typer.Exit(code=1) from None
     settings = _load_config(config, allow_image_urls=allow_image_urls or None, in_band_audit=in_band_audit or None)
-    try:
+    with _reported_errors():
         backend = _load_model(model, device)
         judge_backend = _load_model(judge, device) if judge else None
-    except ECSOError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
     sink = JsonlAuditLog(audit_log) if audit_log else None
     served = backend if no_guard else ECSO(backend, settings, judge=judge_backend, audit=sink)
     application = create_app(
@@ -163,7 +163,7 @@ def eval_command(
             help="figstep, figstep-tiny, mm-safetybench, mm-safetybench-tiny, xstest, mm-vet, or jsonl:<file>."
         ),
     ],
-    model: Annotated[str, typer.Option(help="Model spec to evaluate.")],
+    model: Annotated[str, typer.Option(help=_MODEL_HELP)],
     out: Annotated[Path, typer.Option(help="Output folder (records.jsonl, summary.json, report).")],
     judge: Annotated[str, typer.Option(help="keyword, or a model spec for an LLM judge.")] = "keyword",
     data_dir: Annotated[Optional[Path], typer.Option(envvar="ECSO_DATA", help="Benchmark data folder.")] = None,
@@ -183,7 +183,7 @@ def eval_command(
 
     settings = _bounded(_load_config(config), max_new_tokens, "answer", "caption", "eyes_closed")
     started = time.perf_counter()
-    try:
+    with _reported_errors():
         _require_extra("eval", "tqdm", "matplotlib")  # before minutes of model loading, not after
         root = None if benchmark.startswith("jsonl:") else find_data(data_dir)
         extra = {"scenarios": tuple(scenarios.split(","))} if scenarios else {}
@@ -203,9 +203,6 @@ def eval_command(
             "prompt_set": settings.prompt_set,
         }
         summary = write_report(out, meta)
-    except ECSOError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2 if isinstance(exc, InputError) else 1) from None
     typer.echo(
         json.dumps(
             {k: summary[k] for k in ("cases", "errors", "decisions")}
@@ -228,7 +225,7 @@ def datagen(
     ctx: typer.Context,
     benchmark: Annotated[Optional[str], typer.Option(help="A benchmark name (see ecso eval).")] = None,
     input_file: Annotated[Optional[Path], typer.Option("--input", help="JSONL of {image, query} pairs.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model spec to run ECSO with.")] = None,
+    model: Annotated[Optional[str], typer.Option(help=_MODEL_HELP)] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (rerun to resume).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(envvar="ECSO_DATA", help="Benchmark data folder.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use a seeded random subset of this size.")] = None,
@@ -259,7 +256,7 @@ def datagen(
         typer.echo(f"error: --shard must be i/N with 0 <= i < N, got {shard!r}", err=True)
         raise typer.Exit(code=2) from None
     settings = _bounded(_load_config(config), max_new_tokens, "answer", "caption", "eyes_closed")
-    try:
+    with _reported_errors():
         _require_extra("eval", "tqdm")  # the progress bar
         source = f"jsonl:{input_file}" if input_file else str(benchmark)
         root = None if input_file else find_data(data_dir)
@@ -275,9 +272,6 @@ def datagen(
             formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
             model=model,  # type: ignore[arg-type]
         )
-    except ECSOError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2 if isinstance(exc, InputError) else 1) from None
     typer.echo(json.dumps({k: manifest[k] for k in ("records", "outcomes", "duplicates_skipped")}, indent=2))
 
 
@@ -294,6 +288,16 @@ def datagen_validate(folder: Annotated[Path, typer.Argument(help="A datagen outp
         raise typer.Exit(code=1)
     manifest = json.loads((folder / "manifest.json").read_text())
     typer.echo(f"valid: {manifest['records']}")
+
+
+@contextmanager
+def _reported_errors() -> Iterator[None]:
+    """End the command on an ``ECSOError`` with its message: exit 2 for bad input, 1 for anything else."""
+    try:
+        yield
+    except ECSOError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2 if isinstance(exc, InputError) else 1) from None
 
 
 def _load_model(spec: str, device: str) -> VisionChatBackend:

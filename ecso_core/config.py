@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from .prompts import PromptSet, get_prompt_set
-from .types import GenerationParams
+from ._model import ECSOModel
+from .errors import ConfigError
+from .types import GenerationParams, ImageLimits
 
 __all__ = ["ECSOConfig", "FailMode", "ImageLimits"]
 
@@ -18,30 +18,14 @@ FailMode = Literal["closed", "refuse", "raise"]
 ``refusal_message``, ``"raise"`` raises :class:`~ecso_core.errors.CheckFailedError`."""
 
 
-class ImageLimits(BaseModel):
-    """Bounds applied to every image before any model sees it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
-    """Largest encoded image accepted (bytes, file, base64 payload or download)."""
-    max_pixels: int = Field(default=40_000_000, ge=1)
-    """Largest decoded width x height accepted; guards against decompression bombs."""
-    max_images: int = Field(default=16, ge=0)
-    """Most images accepted in one request."""
-    max_total_pixels: int = Field(default=100_000_000, ge=1)
-    """Most decoded pixels over all images of one request (checked from the headers, before decoding)."""
-    url_timeout_s: float = Field(default=10.0, gt=0)
-    """Time limit for fetching one image URL (only when URLs are allowed)."""
-
-
-class ECSOConfig(BaseModel):
+class ECSOConfig(ECSOModel):
     """Everything that changes how the guard behaves. Frozen; build a new one to change it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    invalid = ConfigError
 
     prompt_set: str = "ecso-paper"
-    """Name of the prompt set (see :data:`ecso_core.prompts.PROMPT_SETS`)."""
+    """Name of the prompt set (see :data:`ecso_core.prompts.PROMPT_SETS`); resolved, and checked, when a
+    guard is built (:class:`~ecso_core.guard.ECSO` raises ``ConfigError`` for an unknown set)."""
     prompt_overrides: dict[str, str] = Field(default_factory=dict)
     """Replace single templates of the set, e.g. ``{"check": "..."}``."""
     verdict_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
@@ -85,12 +69,6 @@ class ECSOConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ECSOConfig:
-        get_prompt_set(self.prompt_set, self.prompt_overrides)  # raises ConfigError early
         if 2 * self.check_window_overlap > self.check_response_chars:  # else windows multiply without bound
             raise ValueError("check_window_overlap must be at most half of check_response_chars")
         return self
-
-    @cached_property
-    def prompts(self) -> PromptSet:
-        """The resolved prompt set, overrides applied."""
-        return get_prompt_set(self.prompt_set, self.prompt_overrides)

@@ -17,7 +17,7 @@ from .cancel import CancelToken
 from .config import ECSOConfig
 from .errors import CheckFailedError, MessageError
 from .neutralize import neutralize
-from .prompts import PromptSet, sanitize_caption
+from .prompts import PromptSet, get_prompt_set, sanitize_caption
 from .result import Decision, ECSOResult, StepName, StepTrace
 from .types import ChatReply, ChatRequest, ImagePart, Message, TextPart, TokenUsage, YesNoScore
 from .verdict import Verdict, combine_verdicts, verdict_from_score, verdict_from_text
@@ -28,6 +28,7 @@ __all__ = [
     "answer_windows",
     "distinct_images",
     "ecso_flow",
+    "judge_view",
     "last_user_index",
     "neutralize_request",
     "window_spans",
@@ -141,6 +142,15 @@ def neutralize_request(request: ChatRequest) -> ChatRequest:
     return request.model_copy(update={"messages": tuple(messages)})
 
 
+def judge_view(request: ChatRequest) -> ChatRequest:
+    """What the judge is asked about ``request``: its images and text, never its tools or call options.
+
+    The check is a yes/no question with the conversation's images; a judge that cannot take the
+    caller's tools or ``response_format`` can still judge (the guard checks its capabilities on this).
+    """
+    return request.model_copy(update={"tools": (), "tool_choice": None, "options": {}})
+
+
 def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = False) -> Flow:
     """Run ECSO on ``request`` (images already prepared), yielding model calls.
 
@@ -158,7 +168,7 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
         Exception: whatever the answer, caption or eyes-closed call raised.
 
     """
-    prompts = config.prompts
+    prompts = get_prompt_set(config.prompt_set, config.prompt_overrides)
     fence = f"=={secrets.token_hex(8)}=="  # per request: untrusted text cannot forge it
     request = neutralize_request(request)
     final_user = last_user_index(request.messages)
@@ -188,7 +198,7 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
         return finish("no_image", answer)
 
     # Step 2: harm-aware self-check of every window of the answer, with the same images.
-    verdict = yield from _check(initial, query, images, config, can_score, fence, steps, request.cancel)
+    verdict = yield from _check(initial, query, images, config, prompts, can_score, fence, steps, request.cancel)
 
     # Step 3: a safe verdict releases the step-1 answer unchanged.
     if verdict.unsafe is False:
@@ -247,6 +257,7 @@ def _check(
     query: str,
     images: tuple[ImagePart, ...],
     config: ECSOConfig,
+    prompts: PromptSet,
     can_score: bool,
     fence: str,
     steps: list[StepTrace],
@@ -260,7 +271,7 @@ def _check(
     data_query = neutralize(query, headers=True)
     windows = answer_windows(answer, config.check_response_chars, config.check_window_overlap)
     texts = [
-        config.prompts.render("check", query=data_query, response=neutralize(window, headers=True), fence=fence)
+        prompts.render("check", query=data_query, response=neutralize(window, headers=True), fence=fence)
         for window in windows
     ]
     params = config.check_params

@@ -13,7 +13,6 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
-from contextvars import ContextVar
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict
@@ -22,26 +21,16 @@ from .backends.base import BackendBase, BackendCapabilities, VisionChatBackend, 
 from .cancel import CancelToken, task_cancelling
 from .config import ECSOConfig
 from .errors import BackendError, ECSOError, RequestCancelledError
-from .flow import Flow, ModelCall, Outcome, ecso_flow
+from .flow import Flow, ModelCall, Outcome, ecso_flow, judge_view
 from .images import prepare_request
+from .prompts import get_prompt_set
 from .result import ECSOResult, StepName
+from .steps import running_step
 from .types import ChatReply, ChatRequest, ImagePart, Message, TextPart
 
-__all__ = ["ECSO", "ECSOStreamEvent", "StepEvent", "StreamEnd", "TextDelta", "chunk_text", "current_step"]
+__all__ = ["ECSO", "ECSOStreamEvent", "StepEvent", "StreamEnd", "TextDelta", "chunk_text"]
 
 _log = logging.getLogger("ecso")
-_CURRENT_STEP: ContextVar[StepName | None] = ContextVar("ecso_current_step", default=None)
-
-
-def current_step() -> StepName | None:
-    """The ECSO step whose backend call is running in this context (None outside the guard).
-
-    Backends may read it to label their calls, e.g. for tracing; the LangChain adapter tags each
-    inner model run with it.
-    """
-    return _CURRENT_STEP.get()
-
-
 Results = list[Union[ECSOResult, BaseException]]
 
 
@@ -102,13 +91,13 @@ class ECSO(BackendBase):
         self.backend = backend
         self.judge = judge or backend
         self.config = config or ECSOConfig()
+        get_prompt_set(self.config.prompt_set, self.config.prompt_overrides)  # an unknown set: ConfigError now
         self.audit = audit
         self.name = f"ecso({backend.name})"
         limits = [self.config.image_limits.max_images, backend.capabilities.max_images]
         self.capabilities = BackendCapabilities(
             max_images=min(x for x in limits if x is not None),
             tools=backend.capabilities.tools,
-            streaming=True,
             call_options=backend.capabilities.call_options,
         )
 
@@ -265,7 +254,7 @@ class ECSO(BackendBase):
     def _prepare(self, request: ChatRequest) -> ChatRequest:
         """Validate up front: capabilities, then images (loaded, normalised, within limits); give it a token."""
         check_capabilities(self.backend.capabilities, request, self.backend.name)
-        check_capabilities(self.judge.capabilities, request.model_copy(update={"tools": ()}), self.judge.name)
+        check_capabilities(self.judge.capabilities, judge_view(request), self.judge.name)
         prepared = prepare_request(request, self.config.image_limits, self.config.allow_image_urls)
         return prepared if prepared.cancel is not None else prepared.model_copy(update={"cancel": CancelToken()})
 
@@ -273,15 +262,13 @@ class ECSO(BackendBase):
         outcomes: list[Outcome | None] = [None] * len(calls)
         for backend, score, indices in self._groups(calls):
             batch = [calls[i].request for i in indices]
-            token = _CURRENT_STEP.set(calls[indices[0]].step)
             start = time.perf_counter()
             try:
-                values: list[Any] = backend.score_yes_no(batch) if score else backend.generate(batch)
+                with running_step(calls[indices[0]].step):
+                    values: list[Any] = backend.score_yes_no(batch) if score else backend.generate(batch)
                 error = None
             except (Exception, asyncio.CancelledError) as exc:
                 values, error = [], _as_backend_error(exc, backend)
-            finally:
-                _CURRENT_STEP.reset(token)
             _fill(outcomes, indices, values, error, time.perf_counter() - start)
         return outcomes  # type: ignore[return-value]
 
@@ -289,10 +276,10 @@ class ECSO(BackendBase):
         outcomes: list[Outcome | None] = [None] * len(calls)
         for backend, score, indices in self._groups(calls):
             batch = [calls[i].request for i in indices]
-            token = _CURRENT_STEP.set(calls[indices[0]].step)
             start = time.perf_counter()
             try:
-                values: list[Any] = await (backend.ascore_yes_no(batch) if score else backend.agenerate(batch))
+                with running_step(calls[indices[0]].step):
+                    values: list[Any] = await (backend.ascore_yes_no(batch) if score else backend.agenerate(batch))
                 error = None
             except asyncio.CancelledError as exc:
                 if task_cancelling():  # this task is being cancelled: stop the work, do not type it away
@@ -300,8 +287,6 @@ class ECSO(BackendBase):
                 values, error = [], _as_backend_error(exc, backend)
             except Exception as exc:
                 values, error = [], _as_backend_error(exc, backend)
-            finally:
-                _CURRENT_STEP.reset(token)
             _fill(outcomes, indices, values, error, time.perf_counter() - start)
         return outcomes  # type: ignore[return-value]
 

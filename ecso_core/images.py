@@ -23,9 +23,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import ImageLimits
 from .errors import ImageError
-from .types import ChatRequest, ImagePart, ImageURL
+from .types import ChatRequest, ImageLimits, ImagePart, ImageURL
 
 DIGEST_KEY = "ecso_digest"
 """Key under which prepared images carry their digest in ``PIL.Image.info`` (backends cache on it)."""

@@ -9,14 +9,15 @@ select another set or override single templates.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from types import MappingProxyType
 
 from pydantic import BaseModel, ConfigDict
 
 from .errors import ConfigError
 from .neutralize import neutralize
 
-__all__ = ["PROMPT_SETS", "PromptSet", "get_prompt_set", "sanitize_caption"]
+__all__ = ["PROMPT_SETS", "PromptSet", "get_prompt_set", "register_prompt_set", "sanitize_caption"]
 
 
 class PromptSet(BaseModel):
@@ -48,7 +49,7 @@ class PromptSet(BaseModel):
         return str(getattr(self, template)).format(**values)
 
 
-PROMPT_SETS: dict[str, PromptSet] = {
+_REGISTRY: dict[str, PromptSet] = {
     "ecso-paper": PromptSet(
         name="ecso-paper",
         # The three strings below are verbatim from the official ECSO code (gyhdog99/ECSO).
@@ -97,6 +98,22 @@ PROMPT_SETS: dict[str, PromptSet] = {
         numbered_caption="Image {n}: {caption}",
     ),
 }
+
+
+PROMPT_SETS: Mapping[str, PromptSet] = MappingProxyType(_REGISTRY)
+"""The known prompt sets by name (read-only; add one with :func:`register_prompt_set`)."""
+
+
+def register_prompt_set(prompt_set: PromptSet, *, replace: bool = False) -> None:
+    """Make ``prompt_set`` selectable as ``ECSOConfig(prompt_set=prompt_set.name)``.
+
+    Raises:
+        ConfigError: a set of that name exists and ``replace`` is False.
+
+    """
+    if prompt_set.name in _REGISTRY and not replace:
+        raise ConfigError(f"a prompt set named {prompt_set.name!r} exists; pass replace=True to replace it")
+    _REGISTRY[prompt_set.name] = prompt_set
 
 
 def get_prompt_set(name: str, overrides: dict[str, str] | None = None) -> PromptSet:

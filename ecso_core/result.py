@@ -4,21 +4,41 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from .types import ChatReply, Message, TokenUsage, ToolCall
-from .verdict import Verdict
+from ._model import ECSOModel
+from .types import ChatReply, Decision, Message, StepName, TokenUsage, ToolCall
 
-__all__ = ["Decision", "ECSOResult", "StepName", "StepTrace"]
-
-Decision = Literal["safe", "unsafe", "fail_closed", "no_image"]
-StepName = Literal["answer", "check", "caption", "eyes_closed"]
+__all__ = ["Decision", "ECSOResult", "StepName", "StepTrace", "Verdict"]
 
 
-class StepTrace(BaseModel):
+class Verdict(ECSOModel):
+    """Outcome of the harm-aware self-check (over every window of the answer)."""
+
+    unsafe: bool | None
+    """True: harmful; False: safe; None: no usable verdict (check failed, unparseable, or too little mass)."""
+    method: Literal["probability", "text", "failed"]
+    """How it was decided: first-token probabilities, the reply's leading word, or not at all."""
+    raw: str | None = None
+    """The judge's reply text (text verdicts)."""
+    p_yes: float | None = None
+    """P(yes) / (P(yes) + P(no)) of the first answer token (probability verdicts)."""
+    mass: float | None = None
+    """P(yes) + P(no) of the first answer token: how much of the judge's belief the verdict rests on."""
+    fallback: str | None = None
+    """Why the verdict was read from text although probabilities were asked for (none given, low mass)."""
+    error: str | None = None
+    """Why there is no verdict, when ``unsafe`` is None."""
+    window: int | None = None
+    """Index of the answer window that decided an unsafe or failed verdict (None when safe)."""
+    windows: int = 1
+    """How many windows of the answer were judged."""
+    parts: tuple[Verdict, ...] = ()
+    """The verdict of each window, when there was more than one."""
+
+
+class StepTrace(ECSOModel):
     """One model call made by the guard."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: StepName
     messages: tuple[Message, ...]
@@ -32,10 +52,8 @@ class StepTrace(BaseModel):
     """Why the call failed, when it did."""
 
 
-class ECSOResult(BaseModel):
+class ECSOResult(ECSOModel):
     """What the guard decided and answered for one request."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     answer: str
     """The text returned to the user."""

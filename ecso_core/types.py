@@ -13,19 +13,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_serializer, field_validator, model_validator
 
+from ._model import ECSOModel
 from .cancel import CancelToken
+from .errors import BackendError, ConfigError, MessageError
 
 __all__ = [
     "ChatReply",
     "ChatRequest",
+    "Decision",
     "GenerationParams",
+    "ImageLimits",
     "ImagePart",
     "ImageURL",
     "Message",
     "Part",
     "Role",
+    "StepName",
     "TextPart",
     "TokenUsage",
     "ToolCall",
@@ -33,10 +38,14 @@ __all__ = [
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]
+Decision = Literal["safe", "unsafe", "fail_closed", "no_image"]
+"""What the guard did: released the answer (safe), rewrote it (unsafe), failed closed, or had no image."""
+StepName = Literal["answer", "check", "caption", "eyes_closed"]
+"""The ECSO steps, in order: answer with the image, self-check, query-aware caption, eyes-closed answer."""
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Frozen(ECSOModel):
+    invalid = MessageError
 
 
 class TextPart(_Frozen):
@@ -150,8 +159,10 @@ class Message(_Frozen):
         return tuple(p for p in self.content if isinstance(p, ImagePart))
 
 
-class GenerationParams(_Frozen):
+class GenerationParams(ECSOModel):
     """Decoding parameters. The default is greedy decoding, as in the paper."""
+
+    invalid = ConfigError
 
     max_new_tokens: int | None = Field(default=None, ge=1)
     """Upper bound on generated tokens; ``None`` leaves it to the model: a transformers checkpoint's own
@@ -198,8 +209,10 @@ class ChatRequest(_Frozen):
         return tuple(img for m in self.messages for img in m.images)
 
 
-class TokenUsage(_Frozen):
+class TokenUsage(ECSOModel):
     """Token counts of one model call (or a sum of calls)."""
+
+    invalid = BackendError  # built from a backend's reply
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -216,8 +229,10 @@ class TokenUsage(_Frozen):
         )
 
 
-class ChatReply(_Frozen):
+class ChatReply(ECSOModel):
     """A backend's answer to one :class:`ChatRequest`."""
+
+    invalid = BackendError  # built from a backend's reply
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
@@ -238,9 +253,28 @@ class ChatReply(_Frozen):
         return f"{self.text}\n{serialised}" if self.text else serialised
 
 
-class YesNoScore(_Frozen):
+class YesNoScore(ECSOModel):
     """Probabilities of a "yes" and a "no" first answer token (each summed over spelling variants)."""
+
+    invalid = BackendError  # built from a backend's reply
 
     p_yes: float = Field(ge=0.0, le=1.0)
     p_no: float = Field(ge=0.0, le=1.0)
     usage: TokenUsage = TokenUsage()
+
+
+class ImageLimits(ECSOModel):
+    """Bounds applied to every image before any model sees it."""
+
+    invalid = ConfigError
+
+    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    """Largest encoded image accepted (bytes, file, base64 payload or download)."""
+    max_pixels: int = Field(default=40_000_000, ge=1)
+    """Largest decoded width x height accepted; guards against decompression bombs."""
+    max_images: int = Field(default=16, ge=0)
+    """Most images accepted in one request."""
+    max_total_pixels: int = Field(default=100_000_000, ge=1)
+    """Most decoded pixels over all images of one request (checked from the headers, before decoding)."""
+    url_timeout_s: float = Field(default=10.0, gt=0)
+    """Time limit for fetching one image URL (only when URLs are allowed)."""

@@ -12,10 +12,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
+from .result import Verdict
 from .types import TokenUsage, YesNoScore
 
 __all__ = [
@@ -29,33 +28,6 @@ __all__ = [
 ]
 
 _LEADING_WORD = re.compile(r"^[\s\"'`*_(\[]*([A-Za-z]+)")
-
-
-class Verdict(BaseModel):
-    """Outcome of the harm-aware self-check (over every window of the answer)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    unsafe: bool | None
-    """True: harmful; False: safe; None: no usable verdict (check failed, unparseable, or too little mass)."""
-    method: Literal["probability", "text", "failed"]
-    """How it was decided: first-token probabilities, the reply's leading word, or not at all."""
-    raw: str | None = None
-    """The judge's reply text (text verdicts)."""
-    p_yes: float | None = None
-    """P(yes) / (P(yes) + P(no)) of the first answer token (probability verdicts)."""
-    mass: float | None = None
-    """P(yes) + P(no) of the first answer token: how much of the judge's belief the verdict rests on."""
-    fallback: str | None = None
-    """Why the verdict was read from text although probabilities were asked for (none given, low mass)."""
-    error: str | None = None
-    """Why there is no verdict, when ``unsafe`` is None."""
-    window: int | None = None
-    """Index of the answer window that decided an unsafe or failed verdict (None when safe)."""
-    windows: int = 1
-    """How many windows of the answer were judged."""
-    parts: tuple[Verdict, ...] = ()
-    """The verdict of each window, when there was more than one."""
 
 
 def parse_verdict_text(reply: str) -> bool | None:

@@ -16,7 +16,7 @@ from langchain_core.runnables.fallbacks import RunnableWithFallbacks
 
 from ecso_core.backends.base import BackendBase, BackendCapabilities
 from ecso_core.errors import CapabilityError, ConfigError, MissingDependencyError
-from ecso_core.guard import current_step
+from ecso_core.steps import current_step
 from ecso_core.types import ChatReply, ChatRequest, YesNoScore
 from ecso_core.verdict import score_from_logprobs
 

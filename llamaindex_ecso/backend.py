@@ -14,7 +14,7 @@ from llama_index.core.llms import LLM
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 
 from ecso_core.backends.base import BackendBase, BackendCapabilities
-from ecso_core.guard import current_step
+from ecso_core.steps import current_step
 from ecso_core.types import ChatReply, ChatRequest, YesNoScore
 from ecso_core.verdict import score_from_tokens
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ecso_core import ConfigError, ECSOConfig
+from ecso_core import ECSO, ConfigError, ECSOConfig, ScriptedBackend, prompts, register_prompt_set
 from ecso_core.prompts import PROMPT_SETS, get_prompt_set, sanitize_caption
 
 
@@ -18,19 +18,32 @@ def test_paper_prompt_set_is_verbatim() -> None:
         'You are given some hints regarding a question on an image.\n\nHints: "Answer: {caption}"\n\n'
         "Based on the hints, answer the following question in a HARMLESS and ETHICAL way.\n\n{query}"
     )
-    assert ECSOConfig().prompts is ECSOConfig().prompts or ECSOConfig().prompts == paper
+    assert get_prompt_set(ECSOConfig().prompt_set) is paper
 
 
-def test_overrides_replace_single_templates_and_unknown_names_fail() -> None:
-    config = ECSOConfig(prompt_overrides={"caption": "Describe: {query}"})
-    assert config.prompts.caption == "Describe: {query}"
-    assert config.prompts.check == PROMPT_SETS["ecso-paper"].check
-    with pytest.raises(ValueError, match="unknown prompt template"):
-        ECSOConfig(prompt_overrides={"nope": "x"})
-    with pytest.raises(ValueError, match="unknown prompt set"):
-        ECSOConfig(prompt_set="nope")
-    with pytest.raises(ConfigError):
-        get_prompt_set("nope")
+def test_overrides_replace_single_templates_and_unknown_names_fail_when_the_guard_is_built() -> None:
+    resolved = get_prompt_set("ecso-paper", {"caption": "Describe: {query}"})
+    assert resolved.caption == "Describe: {query}"
+    assert resolved.check == PROMPT_SETS["ecso-paper"].check
+    backend = ScriptedBackend(["unused"])
+    with pytest.raises(ConfigError, match="unknown prompt template"):
+        ECSO(backend, ECSOConfig(prompt_overrides={"nope": "x"}))
+    with pytest.raises(ConfigError, match="unknown prompt set 'nope'; known sets: ecso-hardened, ecso-paper"):
+        ECSO(backend, ECSOConfig(prompt_set="nope"))
+    assert backend.requests == []
+
+
+def test_a_registered_prompt_set_is_selectable_and_names_are_not_overwritten_by_accident() -> None:
+    custom = PROMPT_SETS["ecso-paper"].model_copy(update={"name": "test-custom", "caption": "Caption: {query}"})
+    register_prompt_set(custom)
+    try:
+        assert get_prompt_set("test-custom") is custom
+        with pytest.raises(ConfigError, match="a prompt set named 'test-custom' exists"):
+            register_prompt_set(custom)
+        with pytest.raises(TypeError):
+            PROMPT_SETS["other"] = custom  # type: ignore[index]
+    finally:
+        prompts._REGISTRY.pop("test-custom")  # leave the registry as other tests expect it
 
 
 def test_config_is_frozen_and_strict() -> None:

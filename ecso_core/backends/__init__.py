@@ -1,23 +1,22 @@
-"""Backends: the protocol, the shipped implementations, and :func:`load_backend` for spec strings."""
+"""Backends: the protocol, the light implementations, and :func:`load_backend` for spec strings.
+
+``TransformersBackend`` (torch, transformers: the ``hf`` extra) lives in :mod:`ecso_core.backends.transformers`.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import ConfigError
 from .base import BackendBase, BackendCapabilities, VisionChatBackend, check_capabilities
 from .openai import OpenAIBackend
 from .scripted import ScriptedBackend
 
-if TYPE_CHECKING:
-    from .transformers import TransformersBackend
-
 __all__ = [
     "BackendBase",
     "BackendCapabilities",
     "OpenAIBackend",
     "ScriptedBackend",
-    "TransformersBackend",
     "VisionChatBackend",
     "check_capabilities",
     "load_backend",
@@ -65,12 +64,3 @@ def load_backend(spec: str | VisionChatBackend, **options: Any) -> VisionChatBac
 
         return TransformersBackend.from_pretrained(rest, **options)
     raise ConfigError(f"unknown model spec {spec!r}; {SPEC_HELP}")
-
-
-def __getattr__(name: str) -> Any:
-    # Heavy backends import torch/transformers only when first used.
-    if name == "TransformersBackend":
-        from .transformers import TransformersBackend
-
-        return TransformersBackend
-    raise AttributeError(name)

@@ -6,18 +6,17 @@ import asyncio
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
-
-from ..errors import CapabilityError
+from .._model import ECSOModel
+from ..errors import CapabilityError, ConfigError
 from ..types import ChatReply, ChatRequest, YesNoScore
 
 __all__ = ["BackendBase", "BackendCapabilities", "VisionChatBackend", "check_capabilities"]
 
 
-class BackendCapabilities(BaseModel):
+class BackendCapabilities(ECSOModel):
     """What a backend can do; requests are checked against it before any model call."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    invalid = ConfigError
 
     score_yes_no: bool = False
     """Offers :meth:`VisionChatBackend.score_yes_no` (first-token yes/no probabilities)."""
@@ -25,8 +24,6 @@ class BackendCapabilities(BaseModel):
     """Most images per request; None for no fixed limit."""
     tools: bool = False
     """Understands tool definitions and returns tool calls."""
-    streaming: bool = False
-    """Streams tokens natively (the guard streams only after its verdict either way)."""
     call_options: bool = False
     """Passes :attr:`ChatRequest.options` to the model (provider call options such as ``response_format``)."""
 

@@ -17,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from .._model import ECSOModel
 from ..cancel import task_cancelling
-from ..errors import BackendError, BackendTimeoutError, BackendUnavailableError, MessageError
+from ..errors import BackendError, BackendTimeoutError, BackendUnavailableError, ConfigError, MessageError
 from ..images import image_to_data_url, load_image
 from ..types import ChatReply, ChatRequest, ImagePart, TextPart, TokenUsage, ToolCall, YesNoScore
 from ..verdict import score_from_logprobs
@@ -40,10 +41,10 @@ _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 _TOP_LOGPROBS = 20
 
 
-class OpenAISettings(BaseModel):
+class OpenAISettings(ECSOModel):
     """How to reach an OpenAI-compatible server."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    invalid = ConfigError
 
     model: str
     base_url: str = Field(default_factory=lambda: os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL))

@@ -17,9 +17,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ..errors import BackendError, CapabilityError, MissingDependencyError
+from .._model import ECSOModel
+from ..errors import BackendError, CapabilityError, ConfigError, MissingDependencyError
 from ..images import load_image
 from ..neutralize import neutralize
 from ..types import ChatReply, ChatRequest, GenerationParams, ImagePart, TextPart, TokenUsage, YesNoScore
@@ -56,10 +57,10 @@ _YES_VARIANTS = ("yes", "Yes", "YES", " yes", " Yes", " YES")
 _NO_VARIANTS = ("no", "No", "NO", " no", " No", " NO")
 
 
-class TransformersSettings(BaseModel):
+class TransformersSettings(ECSOModel):
     """How to load and run a transformers model."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    invalid = ConfigError
 
     model: str
     """Hub id or local folder."""
