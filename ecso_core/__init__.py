@@ -1,12 +1,14 @@
 """ecso: Eyes Closed, Safety On — a training-free guard for vision-language chat models.
 
 ``import ecso_core`` stays light: torch, transformers and web frameworks load only when a backend
-that needs them is first used. Heavy backends are reached by their module
-(``from ecso_core.backends.transformers import TransformersBackend``, needs the ``hf`` extra) or by
-:func:`load_backend` spec strings; everything in ``__all__`` imports with the base install.
+that needs them is first used. ``TransformersBackend`` (the ``hf`` extra) is importable from here or
+from :mod:`ecso_core.backends.transformers`, but is not in ``__all__``: everything in ``__all__``
+imports with the base install, so ``from ecso_core import *`` always works.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from .backends import (
     BackendBase,
@@ -100,3 +102,15 @@ __all__ = [
     "load_backend",
     "register_prompt_set",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: torch and transformers load on first use. Without the extra this is an AttributeError
+    # (hasattr() is False) whose message, and whose cause, name the pip install.
+    if name == "TransformersBackend":
+        try:
+            from .backends.transformers import TransformersBackend
+        except MissingDependencyError as exc:
+            raise AttributeError(f"ecso_core.TransformersBackend is unavailable: {exc}", name=name) from exc
+        return TransformersBackend
+    raise AttributeError(f"module 'ecso_core' has no attribute {name!r}", name=name)

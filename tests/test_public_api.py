@@ -27,10 +27,26 @@ SPEC_NAMES = {
 }
 
 
-def test_spec_names_are_exported() -> None:
-    assert SPEC_NAMES <= set(ecso_core.__all__)
-    for name in ecso_core.__all__:
-        assert getattr(ecso_core, name) is not None
+def test_spec_names_are_importable_and_all_but_the_heavy_backend_are_in_all() -> None:
+    assert SPEC_NAMES - set(ecso_core.__all__) == {"TransformersBackend"}  # lazy: needs the hf extra
+    from ecso_core import TransformersBackend
+    from ecso_core.backends.transformers import TransformersBackend as by_module
+
+    assert TransformersBackend is by_module
+
+
+def test_a_base_install_star_imports_and_reports_the_missing_backend_by_attribute() -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+        "from ecso_core import *\n"
+        "import ecso_core\n"
+        "print(hasattr(ecso_core, 'TransformersBackend'))\n"
+        "try:\n    ecso_core.TransformersBackend\nexcept AttributeError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "False"
+    assert lines[1].startswith("ecso_core.TransformersBackend is unavailable: torch is not installed; install the 'hf'")
 
 
 def test_all_is_pinned() -> None:
@@ -49,6 +65,7 @@ def test_all_is_pinned() -> None:
             "ChatRequest",
             "CheckFailedError",
             "ConfigError",
+            "Decision",
             "ECSOConfig",
             "ECSOError",
             "ECSOResult",
@@ -68,18 +85,19 @@ def test_all_is_pinned() -> None:
             "RequestCancelledError",
             "ScriptedBackend",
             "StepEvent",
+            "StepName",
             "StepTrace",
             "StreamEnd",
             "TextDelta",
             "TextPart",
             "TokenUsage",
             "ToolCall",
-            "TransformersBackend",
             "Verdict",
             "VisionChatBackend",
             "YesNoScore",
             "__version__",
             "load_backend",
+            "register_prompt_set",
         ]
     )
 
