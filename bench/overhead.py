@@ -63,7 +63,7 @@ def machine() -> dict[str, object]:
     }
 
 
-def timed(function, items) -> float:  # noqa: ANN001
+def timed(function, items) -> float:
     start = time.perf_counter()
     for item in items:
         function(item)

@@ -17,9 +17,9 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import machine, requests  # noqa: E402
+from overhead import machine, requests
 
-from ecso_core import ECSO, ECSOConfig, GenerationParams, load_backend  # noqa: E402
+from ecso_core import ECSO, ECSOConfig, GenerationParams, load_backend
 
 
 def main() -> None:

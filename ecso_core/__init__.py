@@ -16,6 +16,7 @@ from .backends import (
     OpenAIBackend,
     ScriptedBackend,
     VisionChatBackend,
+    by_step,
     load_backend,
 )
 from .cancel import CancelToken
@@ -99,6 +100,7 @@ __all__ = [
     "VisionChatBackend",
     "YesNoScore",
     "__version__",
+    "by_step",
     "load_backend",
     "register_prompt_set",
 ]

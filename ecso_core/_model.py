@@ -7,11 +7,14 @@ catches everything ecso raises, and the errors stay ``ValueError``s where pydant
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import ECSOError, InputError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["ECSOModel"]
 
@@ -33,7 +36,7 @@ class ECSOModel(BaseModel):
             raise self.invalid(describe(type(self), exc)) from exc
 
     @classmethod
-    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Any:
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
         """Pydantic's ``model_validate``, raising :attr:`invalid` instead of ``ValidationError``."""
         try:
             return super().model_validate(obj, *args, **kwargs)
@@ -41,7 +44,7 @@ class ECSOModel(BaseModel):
             raise cls.invalid(describe(cls, exc)) from exc
 
     @classmethod
-    def model_validate_json(cls, json_data: Any, *args: Any, **kwargs: Any) -> Any:
+    def model_validate_json(cls, json_data: Any, *args: Any, **kwargs: Any) -> Self:
         """Pydantic's ``model_validate_json``, raising :attr:`invalid` instead of ``ValidationError``."""
         try:
             return super().model_validate_json(json_data, *args, **kwargs)

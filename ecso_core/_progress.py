@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Protocol
 
 from .errors import MissingDependencyError
 
-__all__ = ["progress_bar"]
+__all__ = ["ProgressBar", "progress_bar"]
+
+
+class ProgressBar(Protocol):
+    """What the runners use of a bar: tqdm's ``update`` and ``close``."""
+
+    def update(self, n: int) -> object:
+        """Advance the bar by ``n`` items."""
+
+    def close(self) -> None:
+        """Finish the bar."""
 
 
 class _Silent:
@@ -17,7 +27,7 @@ class _Silent:
         pass
 
 
-def progress_bar(total: int, done: int = 0, enabled: bool = True, desc: str = "ecso") -> Any:
+def progress_bar(total: int, done: int = 0, enabled: bool = True, desc: str = "ecso") -> ProgressBar:
     """A tqdm bar over ``total`` items (``done`` already finished), or a silent one.
 
     Raises:
@@ -30,4 +40,5 @@ def progress_bar(total: int, done: int = 0, enabled: bool = True, desc: str = "e
         from tqdm import tqdm
     except ImportError as exc:
         raise MissingDependencyError(exc.name or "tqdm", "eval") from exc
-    return tqdm(total=total, initial=done, unit="case", desc=desc)
+    bar: ProgressBar = tqdm(total=total, initial=done, unit="case", desc=desc)
+    return bar

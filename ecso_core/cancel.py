@@ -33,7 +33,7 @@ class CancelToken:
     def __init__(self) -> None:
         self._event = threading.Event()
         self._lock = threading.Lock()
-        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks: list[Callable[[], object]] = []
         self.reason: str | None = None
         """Why it was cancelled (None while it is not)."""
 
@@ -53,7 +53,7 @@ class CancelToken:
         for callback in callbacks:
             callback()
 
-    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+    def on_cancel(self, callback: Callable[[], object]) -> Callable[[], None]:
         """Call ``callback`` when cancelled (at once if already); returns a function that unregisters it."""
         with self._lock:
             if not self._event.is_set():
@@ -62,7 +62,7 @@ class CancelToken:
         callback()
         return lambda: None
 
-    def _discard(self, callback: Callable[[], None]) -> None:
+    def _discard(self, callback: Callable[[], object]) -> None:
         with self._lock:
             if callback in self._callbacks:
                 self._callbacks.remove(callback)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -21,6 +20,9 @@ from .guard import ECSO
 from .images import prepare_request
 from .result import ECSOResult
 from .types import ChatRequest, GenerationParams, ImagePart, ImageURL, Message, TextPart
+
+if TYPE_CHECKING:
+    from .datagen import Format
 
 DEFAULT_MODEL = "hf:llava-hf/llava-interleave-qwen-0.5b-hf"
 """A small real VLM (LLaVA architecture, Qwen 0.5B language model) for ``ecso ask`` without --model."""
@@ -121,6 +123,13 @@ def serve(
             "--in-band-audit", help="Also send withheld text in the response's ecso field (trusted clients only)."
         ),
     ] = False,
+    stream: Annotated[
+        Optional[str],
+        typer.Option(
+            help="How streamed answers leave: whole (after the whole answer is checked) or progressive "
+            "(window by window, each checked first). Default: the config's, else whole."
+        ),
+    ] = None,
 ) -> None:
     """Serve an OpenAI-compatible /v1/chat/completions endpoint with ECSO in front of MODEL."""
     try:
@@ -135,7 +144,9 @@ def serve(
             err=True,
         )
         raise typer.Exit(code=1) from None
-    settings = _load_config(config, allow_image_urls=allow_image_urls or None, in_band_audit=in_band_audit or None)
+    settings = _load_config(
+        config, allow_image_urls=allow_image_urls or None, in_band_audit=in_band_audit or None, stream=stream
+    )
     with _reported_errors():
         backend = _load_model(model, device)
         judge_backend = _load_model(judge, device) if judge else None
@@ -189,6 +200,7 @@ def eval_command(
         extra = {"scenarios": tuple(scenarios.split(","))} if scenarios else {}
         cases = select(load_cases(benchmark, root, **extra), limit, seed)
         guard = ECSO(_load_model(model, device), settings)
+        judging: KeywordJudge | LLMJudge
         if judge == "keyword":
             judging = KeywordJudge()
         else:
@@ -255,6 +267,7 @@ def datagen(
     except ValueError:
         typer.echo(f"error: --shard must be i/N with 0 <= i < N, got {shard!r}", err=True)
         raise typer.Exit(code=2) from None
+    chosen = _formats(formats)
     settings = _bounded(_load_config(config), max_new_tokens, "answer", "caption", "eyes_closed")
     with _reported_errors():
         _require_extra("eval", "tqdm")  # the progress bar
@@ -269,10 +282,24 @@ def datagen(
             shard=(index, count),
             safe_fraction=safe_fraction,
             batch_size=batch_size,
-            formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-            model=model,  # type: ignore[arg-type]
+            formats=chosen,
+            model=model,
         )
     typer.echo(json.dumps({k: manifest[k] for k in ("records", "outcomes", "duplicates_skipped")}, indent=2))
+
+
+def _formats(text: str) -> tuple[Format, ...]:
+    chosen: list[Format] = []
+    for name in (f.strip() for f in text.split(",")):
+        match name:
+            case "llava" | "messages":
+                chosen.append(name)
+            case "":
+                pass
+            case _:
+                typer.echo(f"error: unknown --formats entry {name!r}; known: llava, messages", err=True)
+                raise typer.Exit(code=2)
+    return tuple(chosen)
 
 
 @datagen_app.command("validate")
@@ -374,4 +401,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -61,6 +61,16 @@ class ECSOConfig(ECSOModel):
     image_limits: ImageLimits = ImageLimits()
     allow_image_urls: bool = False
     """Fetch ``http(s)`` image URLs (bounded in size and time, private addresses blocked)."""
+    stream: Literal["whole", "progressive"] = "whole"
+    """How ``stream``/``astream`` release text. ``"whole"``: after the whole answer is checked (the
+    paper's order). ``"progressive"``: the answer streams from the model and is checked at window
+    boundaries; each piece is released once a check over the answer so far says safe, and a flagged
+    window stops the answer at once and hands over to the eyes-closed answer (see docs/concepts.md)."""
+    stream_window_chars: int = Field(default=256, ge=16)
+    """Progressive streaming: characters generated between two checks (and so held back at most)."""
+    stream_separator: str = "\n\n"
+    """Progressive streaming: what goes out between text already released and the eyes-closed answer
+    that replaces the rest, when a later window is flagged."""
     in_band_audit: bool = False
     """Put the withheld step-1 answer, the captions and the check output into client-visible metadata
     (the server's ``ecso`` field, LangChain ``response_metadata``, LlamaIndex ``additional_kwargs``)

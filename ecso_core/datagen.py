@@ -135,7 +135,7 @@ def generate_sft(
         batch = todo[start : start + batch_size]
         requests = [_request(image, case.query) for _, image, case in batch]
         results = guard.run_batch(requests, return_exceptions=True)
-        written: dict[str, list[dict[str, Any]]] = {name: [] for name in formats}
+        written: dict[Format, list[dict[str, Any]]] = {name: [] for name in formats}
         log = []
         for (identifier, image, case), result in zip(batch, results, strict=True):
             outcome = _outcome(result, identifier, safe_fraction)

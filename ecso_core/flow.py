@@ -13,7 +13,6 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .cancel import CancelToken
 from .config import ECSOConfig
 from .errors import CheckFailedError, MessageError
 from .neutralize import neutralize
@@ -25,7 +24,11 @@ from .verdict import Verdict, combine_verdicts, verdict_from_score, verdict_from
 __all__ = [
     "ModelCall",
     "Outcome",
+    "FlowContext",
+    "after_answer",
     "answer_windows",
+    "begin",
+    "check_answer",
     "distinct_images",
     "ecso_flow",
     "judge_view",
@@ -119,12 +122,14 @@ def window_spans(length: int, size: int, overlap: int) -> list[tuple[int, int]]:
     return [(start, start + width) for start in starts]
 
 
-def answer_windows(text: str, size: int, overlap: int) -> list[str]:
-    """The windows of ``text`` (see :func:`window_spans`) that the check judges.
+def answer_windows(text: str, size: int, overlap: int, start: int = 0) -> list[str]:
+    """The windows of ``text`` (see :func:`window_spans`) that the check judges, those ending past ``start``.
 
-    Windows of whitespace only carry nothing to judge and are left out (one window always remains).
+    By default all of them. Windows of whitespace only carry nothing to judge and are left out (one
+    window always remains).
     """
-    windows = [text[start:end] for start, end in window_spans(len(text), size, overlap)]
+    spans = [(a, b) for a, b in window_spans(len(text), size, overlap) if b > start] or [(0, len(text))]
+    windows = [text[a:b] for a, b in spans]
     return [w for w in windows if not w.isspace()] or windows[:1]
 
 
@@ -151,6 +156,58 @@ def judge_view(request: ChatRequest) -> ChatRequest:
     return request.model_copy(update={"tools": (), "tool_choice": None, "options": {}})
 
 
+@dataclass
+class FlowContext:
+    """One request on its way through the flow: what every step after the first answer needs."""
+
+    request: ChatRequest
+    """The request with its text neutralised (images prepared by the guard)."""
+    config: ECSOConfig
+    prompts: PromptSet
+    fence: str
+    """A random marker drawn for this request: untrusted text cannot forge it."""
+    final_user: int
+    """Index of the last user message, whose text is the query."""
+    query: str
+    images: tuple[ImagePart, ...]
+    """The conversation's distinct images."""
+    can_score: bool
+    steps: list[StepTrace]
+    """The trace, appended to by every step."""
+
+    @property
+    def answer_request(self) -> ChatRequest:
+        """Step 1: the normal answer, with images (the config's answer parameters, if any)."""
+        return _with_params(self.request, self.config.answer_params)
+
+    @property
+    def checked(self) -> bool:
+        """Whether the answer is self-checked (it has images, or text-only checks are on)."""
+        return bool(self.images) or self.config.check_text_only
+
+
+def begin(request: ChatRequest, config: ECSOConfig, *, can_score: bool = False) -> FlowContext:
+    """Set up the flow for ``request`` (images already prepared): neutralise its text, find the query.
+
+    Raises:
+        MessageError: no user message in the conversation.
+
+    """
+    request = neutralize_request(request)
+    final_user = last_user_index(request.messages)
+    return FlowContext(
+        request=request,
+        config=config,
+        prompts=get_prompt_set(config.prompt_set, config.prompt_overrides),
+        fence=f"=={secrets.token_hex(8)}==",
+        final_user=final_user,
+        query=request.messages[final_user].text,
+        images=distinct_images(request),
+        can_score=can_score,
+        steps=[],
+    )
+
+
 def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = False) -> Flow:
     """Run ECSO on ``request`` (images already prepared), yielding model calls.
 
@@ -168,17 +225,31 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
         Exception: whatever the answer, caption or eyes-closed call raised.
 
     """
-    prompts = get_prompt_set(config.prompt_set, config.prompt_overrides)
-    fence = f"=={secrets.token_hex(8)}=="  # per request: untrusted text cannot forge it
-    request = neutralize_request(request)
-    final_user = last_user_index(request.messages)
-    query = request.messages[final_user].text
-    steps: list[StepTrace] = []
-
+    context = begin(request, config, can_score=can_score)
     # Step 1: the normal answer, with images.
-    answer_call = ModelCall("answer", _with_params(request, config.answer_params))
-    answer = yield from _one(answer_call, steps)
+    answer = yield from _one(ModelCall("answer", context.answer_request), context.steps)
     assert isinstance(answer, ChatReply)
+    return (yield from after_answer(context, answer))
+
+
+def check_answer(
+    context: FlowContext, answer: str, start: int = 0
+) -> Generator[list[ModelCall], list[Outcome], Verdict]:
+    """Step 2 alone: judge the windows of ``answer`` that reach past character ``start`` (all by default).
+
+    Progressive streaming judges the answer so far at window boundaries, each time the windows that
+    hold text not yet released.
+    """
+    return _check(answer, context, start)
+
+
+def after_answer(context: FlowContext, answer: ChatReply, verdict: Verdict | None = None) -> Flow:
+    """Steps 2 to 5 after the step-1 ``answer``: check it, then release it or rewrite it eyes closed.
+
+    A ``verdict`` already reached (progressive streaming flagged a window) skips the check.
+    """
+    config, prompts, request = context.config, context.prompts, context.request
+    steps, images, fence = context.steps, context.images, context.fence
     initial = answer.as_check_text()
 
     def finish(decision: Decision, final: ChatReply, **extra: object) -> ECSOResult:
@@ -193,12 +264,12 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
             **{"released": final, **extra},  # type: ignore[arg-type]
         )
 
-    images = distinct_images(request)
-    if not images and not config.check_text_only:
+    if not context.checked:
         return finish("no_image", answer)
 
     # Step 2: harm-aware self-check of every window of the answer, with the same images.
-    verdict = yield from _check(initial, query, images, config, prompts, can_score, fence, steps, request.cancel)
+    if verdict is None:
+        verdict = yield from _check(initial, context)
 
     # Step 3: a safe verdict releases the step-1 answer unchanged.
     if verdict.unsafe is False:
@@ -218,7 +289,7 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
     # Step 4: query-aware image-to-text, one caption per distinct image.
     captions: dict[int, str] = {}
     if images:
-        caption_text = prompts.render("caption", query=neutralize(query, headers=True), fence=fence)
+        caption_text = prompts.render("caption", query=neutralize(context.query, headers=True), fence=fence)
         caption_calls = [
             ModelCall(
                 "caption",
@@ -238,7 +309,7 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
             captions[n] = sanitize_caption(reply.text, config.max_caption_chars)
 
     # Step 5: eyes closed: the conversation with no image at all.
-    closed_messages = _eyes_closed_messages(request, images, captions, final_user, prompts, fence)
+    closed_messages = _eyes_closed_messages(request, images, captions, context.final_user, prompts, fence)
     closed_request = ChatRequest(
         messages=closed_messages,
         params=config.eyes_closed_params or request.params,
@@ -252,24 +323,16 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
     return finish(decision, final, verdict=verdict, captions=tuple(captions.values()))
 
 
-def _check(
-    answer: str,
-    query: str,
-    images: tuple[ImagePart, ...],
-    config: ECSOConfig,
-    prompts: PromptSet,
-    can_score: bool,
-    fence: str,
-    steps: list[StepTrace],
-    cancel: CancelToken | None,
-) -> Generator[list[ModelCall], list[Outcome], Verdict]:
-    """Judge every window of ``answer`` in one batched round; safe only when every window is safe.
+def _check(answer: str, context: FlowContext, start: int = 0) -> Generator[list[ModelCall], list[Outcome], Verdict]:
+    """Judge every window of ``answer`` reaching past ``start`` in one round; safe only if all are.
 
     Windows the judge could not score (or scored with too little yes/no mass) are asked again for
     text, in a second round.
     """
-    data_query = neutralize(query, headers=True)
-    windows = answer_windows(answer, config.check_response_chars, config.check_window_overlap)
+    config, prompts, fence, images = context.config, context.prompts, context.fence, context.images
+    can_score, steps, cancel = context.can_score, context.steps, context.request.cancel
+    data_query = neutralize(context.query, headers=True)
+    windows = answer_windows(answer, config.check_response_chars, config.check_window_overlap, start)
     texts = [
         prompts.render("check", query=data_query, response=neutralize(window, headers=True), fence=fence)
         for window in windows

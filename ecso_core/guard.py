@@ -9,10 +9,11 @@ so servers, adapters and other guards can wrap it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict
@@ -23,6 +24,7 @@ from .config import ECSOConfig
 from .errors import BackendError, ECSOError, RequestCancelledError
 from .flow import Flow, ModelCall, Outcome, ecso_flow, judge_view
 from .images import prepare_request
+from .progressive import Released, drive, progressive_stream
 from .prompts import get_prompt_set
 from .result import ECSOResult, StepName
 from .steps import running_step
@@ -133,18 +135,83 @@ class ECSO(BackendBase):
             pass
         return _raise_first(sink, return_exceptions)
 
-    def stream(self, request: ChatRequest) -> Iterator[ECSOStreamEvent]:
-        """Step events while deciding, then chunks of the final answer, then :class:`StreamEnd`."""
-        results = yield from self._events([request])
-        yield from _answer_events(_single(results))
+    def stream(self, request: ChatRequest) -> Generator[ECSOStreamEvent, None, None]:
+        """Step events, released text, then :class:`StreamEnd` with the result.
 
-    async def astream(self, request: ChatRequest) -> AsyncIterator[ECSOStreamEvent]:
-        """Async :meth:`stream`."""
-        sink: Results = []
-        async for event in self._aevents([request], sink):
-            yield event
-        for event in _answer_events(_single(sink)):
-            yield event
+        ``config.stream="whole"``: the answer is released after the whole of it was checked; an
+        eyes-closed answer streams as the model writes it. ``"progressive"``: see
+        :mod:`ecso_core.progressive` (text leaves window by window, each checked safe first).
+        """
+        prepared = self._prepare(request)
+        token = prepared.cancel
+        assert token is not None
+        finished = False
+        try:
+            result = yield from self._released(self._driver(prepared))
+            finished = True
+        finally:
+            if not finished:  # the consumer left, or an error: the request's remaining work stops
+                token.cancel("the stream was closed")
+        self._record(result)
+        yield StreamEnd(result=result)
+
+    async def astream(self, request: ChatRequest) -> AsyncGenerator[ECSOStreamEvent, None]:
+        """Async :meth:`stream`: the steps run in a worker thread, one event at a time."""
+        events = self.stream(request)
+        # One context for every step: generators inside (LangChain's stream) set context variables in
+        # one step and reset them in a later one, which needs the same context each time.
+        context = contextvars.copy_context()
+        pending: asyncio.Future[ECSOStreamEvent | None] | None = None
+        try:
+            while True:
+                pending = asyncio.ensure_future(asyncio.to_thread(context.run, _next_or_none, events))
+                event = await pending
+                if event is None:
+                    return
+                yield event
+        finally:
+            if pending is not None and not pending.done():
+                # Cancelled while the worker runs a step: the generator is busy in that thread; let the
+                # step end (closing the stream cancels the request's token, which stops the model).
+                await asyncio.wait([pending])
+            events.close()
+
+    def _driver(self, prepared: ChatRequest) -> Generator[Any, None, ECSOResult]:
+        """The single-request drive of :meth:`stream`: progressive where it applies, else the whole flow."""
+        token = prepared.cancel
+        assert token is not None
+
+        def execute(calls: list[ModelCall]) -> list[Outcome]:
+            if token.cancelled:
+                raise RequestCancelledError(f"request cancelled: {token.reason}")
+            return self._execute(calls)
+
+        can_score = self.judge.capabilities.score_yes_no
+        progressive = self.config.stream == "progressive" and not prepared.tools
+        if progressive and (prepared.images or self.config.check_text_only):
+            return (yield from progressive_stream(prepared, self.backend, execute, self.config, can_score))
+        flow = ecso_flow(prepared, self.config, can_score=can_score)
+        result: ECSOResult = yield from drive(flow, execute, streamed=self.backend)
+        if not any(step.name == "eyes_closed" for step in result.steps):  # released whole: in word chunks
+            for chunk in chunk_text(result.answer):
+                yield Released(chunk)
+        return result
+
+    @staticmethod
+    def _released(driver: Generator[Any, None, ECSOResult]) -> Generator[ECSOStreamEvent, None, ECSOResult]:
+        """Stream events for a driver's items: a call about to run is a step event, released text a delta."""
+        try:
+            item = next(driver)
+            while True:
+                if isinstance(item, ModelCall):
+                    yield StepEvent(step=item.step)
+                else:
+                    yield TextDelta(text=str(item))
+                item = next(driver)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        finally:
+            driver.close()
 
     # ---- the guard as a backend -------------------------------------------------------------
 
@@ -166,7 +233,8 @@ class ECSO(BackendBase):
                 yield from _step_events(calls)
                 calls = lockstep.send(self._execute(calls))
         except StopIteration as stop:
-            return stop.value
+            results: Results = stop.value
+            return results
         finally:
             lockstep.close()  # stopped early (consumer gone, error): cancels the requests' remaining work
 
@@ -327,10 +395,8 @@ def _step_events(calls: list[ModelCall]) -> Iterator[StepEvent]:
         yield StepEvent(step=step)
 
 
-def _answer_events(result: ECSOResult) -> Iterator[ECSOStreamEvent]:
-    for chunk in chunk_text(result.answer):
-        yield TextDelta(text=chunk)
-    yield StreamEnd(result=result)
+def _next_or_none(events: Iterator[ECSOStreamEvent]) -> ECSOStreamEvent | None:
+    return next(events, None)
 
 
 def _drain(events: Generator[StepEvent, None, Results]) -> Results:
@@ -339,7 +405,8 @@ def _drain(events: Generator[StepEvent, None, Results]) -> Results:
         try:
             next(events)
         except StopIteration as stop:
-            return stop.value
+            results: Results = stop.value
+            return results
 
 
 def _single(results: Results) -> ECSOResult:

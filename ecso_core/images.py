@@ -18,7 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -305,7 +305,8 @@ def _public_address(host: str, port: int) -> ipaddress.IPv4Address | ipaddress.I
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except OSError as exc:
         raise ImageError(f"cannot resolve image host {host}: {exc}") from exc
-    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    # typeshed allows an int host for exotic families; a TCP lookup gives an address string
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     if not addresses or not all(is_public_address(a) for a in addresses):
         raise ImageError(f"image host {host} resolves to a non-public address")
     return addresses[0]
@@ -393,7 +394,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16/32-bit greyscale: scale to 8 bits rather than letting convert() clip to white.
-        peak = image.getextrema()[1] or 1
+        # one band: PIL's union type also covers the per-band tuples of multi-band modes
+        peak = cast("tuple[float, float]", image.getextrema())[1] or 1
         scale = 255.0 / max(peak, 255) if mode == "I" else 1 / 257
         image = image.convert("I").point(lambda v: v * scale).convert("L")
         mode = "L"

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import ConfigDict, Field, field_serializer, field_validator, model_validator
 
@@ -141,6 +142,18 @@ class Message(_Frozen):
     name: str | None = None
     """Optional name of the author (or of the tool, for tool messages)."""
 
+    if TYPE_CHECKING:  # what validation accepts: a string for one text part, any sequence for a tuple
+
+        def __init__(
+            self,
+            *,
+            role: Role,
+            content: str | Sequence[TextPart | ImagePart] = (),
+            tool_calls: Sequence[ToolCall] = (),
+            tool_call_id: str | None = None,
+            name: str | None = None,
+        ) -> None: ...
+
     @field_validator("content", mode="before")
     @classmethod
     def _string_content(cls, value: Any) -> Any:
@@ -196,6 +209,19 @@ class ChatRequest(_Frozen):
     caption (whose replies it must parse). A backend that cannot honour them raises ``CapabilityError``."""
     cancel: CancelToken | None = Field(default=None, exclude=True, repr=False)
     """Stops this request's work when cancelled (see :mod:`ecso_core.cancel`); never serialised."""
+
+    if TYPE_CHECKING:  # what validation accepts: any sequence for a tuple
+
+        def __init__(
+            self,
+            *,
+            messages: Sequence[Message],
+            params: GenerationParams = ...,
+            tools: Sequence[dict[str, Any]] = (),
+            tool_choice: str | dict[str, Any] | None = None,
+            options: dict[str, Any] = ...,
+            cancel: CancelToken | None = None,
+        ) -> None: ...
 
     @model_validator(mode="after")
     def _not_empty(self) -> ChatRequest:

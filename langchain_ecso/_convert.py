@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 from langchain_core.messages import (
     AIMessage,
@@ -15,6 +15,8 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.content import ImageContentBlock
 from PIL import Image
 
 from ecso_core.errors import MessageError
@@ -27,6 +29,7 @@ from ecso_core.types import (
     ImagePart,
     ImageURL,
     Message,
+    Role,
     TextPart,
     TokenUsage,
     ToolCall,
@@ -41,7 +44,7 @@ __all__ = [
     "usage_metadata",
 ]
 
-_ROLES = {
+_ROLES: dict[str, Role] = {
     "human": "user",
     "user": "user",
     "ai": "assistant",
@@ -99,18 +102,14 @@ def _message(message: BaseMessage) -> Message:
         return Message(role="tool", content=_text_of(message), tool_call_id=message.tool_call_id, name=message.name)
     parts: list[TextPart | ImagePart] = []
     for block in message.content_blocks:
-        kind = block.get("type")
-        if kind == "text":
+        if block["type"] == "text":
             parts.append(TextPart(text=block["text"]))
-        elif kind == "image":
+        elif block["type"] == "image":
             parts.append(ImagePart(image=_image_source(block)))
-        elif kind == "image_url":  # OpenAI-style block the normaliser left as is
-            url = block["image_url"]["url"] if isinstance(block.get("image_url"), dict) else block.get("image_url")
-            parts.append(ImagePart(image=ImageURL(str(url))))
-        elif kind in _SKIPPED or (kind == "non_standard" and role == "assistant"):
+        elif block["type"] in _SKIPPED or (block["type"] == "non_standard" and role == "assistant"):
             continue  # an assistant's provider-specific blocks (e.g. Anthropic tool_use): its tool calls travel apart
         else:
-            raise MessageError(f"unsupported content block type {kind!r} in a {message.type} message")
+            parts.append(ImagePart(image=_image_url(block, message.type)))
     calls = tuple(
         ToolCall(id=call.get("id") or "", name=call["name"], arguments=call.get("args") or {})
         for call in getattr(message, "tool_calls", None) or []
@@ -118,7 +117,16 @@ def _message(message: BaseMessage) -> Message:
     return Message(role=role, content=tuple(parts), tool_calls=calls, name=message.name)
 
 
-def _image_source(block: dict[str, Any]) -> ImageURL:
+def _image_url(block: Mapping[str, Any], message_type: str) -> ImageURL:
+    """An OpenAI-style ``image_url`` block, which the normaliser leaves as is (its block types omit it)."""
+    kind = block.get("type")
+    if kind != "image_url":
+        raise MessageError(f"unsupported content block type {kind!r} in a {message_type} message")
+    url = block["image_url"]["url"] if isinstance(block.get("image_url"), dict) else block.get("image_url")
+    return ImageURL(str(url))
+
+
+def _image_source(block: ImageContentBlock) -> ImageURL:
     if block.get("base64"):
         mime = block.get("mime_type") or "image/png"
         return ImageURL(f"data:{mime};base64,{block['base64']}")
@@ -130,7 +138,7 @@ def _image_source(block: dict[str, Any]) -> ImageURL:
 def _text_of(message: BaseMessage) -> str:
     if isinstance(message.content, str):
         return message.content
-    return "".join(b.get("text", "") for b in message.content_blocks if b.get("type") == "text")
+    return "".join(b.get("text", "") for b in message.content_blocks if b["type"] == "text")
 
 
 def to_langchain_messages(request: ChatRequest) -> list[BaseMessage]:
@@ -140,7 +148,7 @@ def to_langchain_messages(request: ChatRequest) -> list[BaseMessage]:
         if message.role == "tool":
             out.append(ToolMessage(content=message.text, tool_call_id=message.tool_call_id or "", name=message.name))
             continue
-        content: str | list[dict[str, Any]]
+        content: str | list[str | dict[str, Any]]
         if message.images:
             content = [_block(part) for part in message.content]
         else:
@@ -182,13 +190,16 @@ def reply_from_ai_message(message: BaseMessage) -> ChatReply:
     )
 
 
-def usage_metadata(usage: TokenUsage) -> dict[str, int]:
+def usage_metadata(usage: TokenUsage) -> UsageMetadata:
     """LangChain ``usage_metadata`` for token counts summed over every ECSO step."""
-    return {
+    counts = {
         "input_tokens": usage.prompt_tokens,
         "output_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+    # cast: langchain-core declares the token-detail keys NotRequired with typing.NotRequired (3.11+); checked
+    # as Python 3.10 that reads as required, so no three-key dict would match
+    return cast(UsageMetadata, counts)
 
 
 def _metadata(result: ECSOResult, model_name: str, audit: bool) -> dict[str, Any]:

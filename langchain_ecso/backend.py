@@ -6,9 +6,10 @@ import asyncio
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.base import RunnableBindingBase
 from langchain_core.runnables.config import var_child_runnable_config
@@ -23,10 +24,14 @@ from ecso_core.verdict import score_from_logprobs
 from ._callbacks import from_context
 from ._convert import reply_from_ai_message, to_langchain_messages
 
-__all__ = ["LangChainBackend", "chat_model_of", "model_name", "resolve_model", "with_tools"]
+__all__ = ["ChatRunnable", "LangChainBackend", "chat_model_of", "model_name", "resolve_model", "with_tools"]
+
+ChatRunnable: TypeAlias = Runnable[LanguageModelInput, BaseMessage]
+"""What ecso guards: a LangChain chat model, or a Runnable around one (``with_retry``, ``with_fallbacks``,
+``bind``, a configurable ``init_chat_model``)."""
 
 
-def resolve_model(model: Runnable[Any, Any] | str) -> Runnable[Any, Any]:
+def resolve_model(model: ChatRunnable | str) -> ChatRunnable:
     """The chat model to guard: a Runnable as given, or ``init_chat_model(model)`` for a string.
 
     Raises:
@@ -45,7 +50,7 @@ def resolve_model(model: Runnable[Any, Any] | str) -> Runnable[Any, Any]:
     return model
 
 
-def chat_model_of(model: Runnable[Any, Any]) -> BaseChatModel | None:
+def chat_model_of(model: ChatRunnable) -> BaseChatModel | None:
     """The chat model inside ``model``'s wrappers (``bind``, ``with_retry``, ``with_fallbacks``' primary).
 
     None for a Runnable that hides it (a configurable ``init_chat_model`` decides at call time).
@@ -63,7 +68,7 @@ def chat_model_of(model: Runnable[Any, Any]) -> BaseChatModel | None:
     return None
 
 
-def with_tools(model: Runnable[Any, Any], tools: list[dict[str, Any]], **options: Any) -> Runnable[Any, Any]:
+def with_tools(model: ChatRunnable, tools: list[dict[str, Any]], **options: Any) -> ChatRunnable:
     """``model`` with ``tools`` bound to every chat model inside it, its wrappers kept.
 
     ``llm.with_retry().bind_tools(...)`` would drop the retry (the binding forwards to the bare model);
@@ -86,12 +91,13 @@ def with_tools(model: Runnable[Any, Any], tools: list[dict[str, Any]], **options
     if bind is None:
         raise CapabilityError(f"{type(model).__name__} cannot bind tools")
     try:
-        return bind(tools, **options)
+        bound: ChatRunnable = bind(tools, **options)
     except NotImplementedError as exc:  # BaseChatModel's default: the model has no tool calling
         raise CapabilityError(f"{model_name(model)} does not support tools") from exc
+    return bound
 
 
-def model_name(model: Runnable[Any, Any]) -> str:
+def model_name(model: ChatRunnable) -> str:
     """The name a LangChain chat model goes by (its model id when it has one, else its type)."""
     inner = chat_model_of(model)
     if inner is None:  # a configurable model: its default, if it has one
@@ -122,7 +128,7 @@ class LangChainBackend(BackendBase):
 
     def __init__(
         self,
-        model: Runnable[Any, Any] | str,
+        model: ChatRunnable | str,
         *,
         callbacks: Any = None,
         logprobs: Literal["auto", "always", "never"] = "auto",
@@ -145,7 +151,7 @@ class LangChainBackend(BackendBase):
         config = self._config()
         with _isolated():
             for runnable, indices in self._groups(requests):
-                inputs = [to_langchain_messages(requests[i]) for i in indices]
+                inputs: list[LanguageModelInput] = [to_langchain_messages(requests[i]) for i in indices]
                 outputs = (
                     runnable.batch(inputs, config=config) if len(inputs) > 1 else [runnable.invoke(inputs[0], config)]
                 )
@@ -170,6 +176,32 @@ class LangChainBackend(BackendBase):
                 replies[index] = reply_from_ai_message(output)
         return [replies[i] for i in range(len(requests))]
 
+    def stream_generate(self, request: ChatRequest) -> Iterator[str | ChatReply]:
+        """The model's own ``stream``: text deltas as it writes them, then the whole reply.
+
+        Progressive streaming checks the answer between deltas; closing the iterator closes the model's
+        stream (its HTTP response, for a provider).
+        """
+        config = self._config()
+        ((runnable, _),) = self._groups([request])
+        merged: Any = None
+        chunks = runnable.stream(to_langchain_messages(request), config)
+        try:
+            while True:
+                with _isolated():  # only around the model's own work: the consumer's code runs as it was
+                    chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                merged = chunk if merged is None else merged + chunk
+                text = chunk.text if isinstance(chunk.text, str) else ""
+                if text:
+                    yield text
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        yield reply_from_ai_message(merged if merged is not None else AIMessage(content=""))
+
     def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
         """Yes/no probabilities from the reply's ``logprobs``; None where the model sent none."""
         if self._no_logprobs:
@@ -189,7 +221,7 @@ class LangChainBackend(BackendBase):
             self._no_logprobs = True
         return score
 
-    def _groups(self, requests: Sequence[ChatRequest]) -> list[tuple[Runnable[Any, Any], list[int]]]:
+    def _groups(self, requests: Sequence[ChatRequest]) -> list[tuple[ChatRunnable, list[int]]]:
         keyed: dict[str, list[int]] = {}
         for index, request in enumerate(requests):
             key = json.dumps(
@@ -198,8 +230,8 @@ class LangChainBackend(BackendBase):
             keyed.setdefault(key, []).append(index)
         return [(self._runnable(requests[indices[0]]), indices) for indices in keyed.values()]
 
-    def _runnable(self, request: ChatRequest) -> Runnable[Any, Any]:
-        runnable: Runnable[Any, Any] = self.model
+    def _runnable(self, request: ChatRequest) -> ChatRunnable:
+        runnable: ChatRunnable = self.model
         if request.tools:
             options = {} if request.tool_choice is None else {"tool_choice": request.tool_choice}
             runnable = with_tools(self.model, list(request.tools), **options)

@@ -18,7 +18,7 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableParallel,
 from langchain_core.runnables.base import RunnableBindingBase
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, SkipValidation, field_validator, model_validator
 
 from ecso_core.backends.base import VisionChatBackend
 from ecso_core.config import ECSOConfig
@@ -29,7 +29,7 @@ from ecso_core.types import ChatRequest, GenerationParams
 
 from ._callbacks import PARENT_KWARG, PENDING_RUN, StreamParent, from_run_manager, from_stream_parent
 from ._convert import ai_message, final_chunk, to_ecso_request
-from .backend import LangChainBackend, chat_model_of, model_name, resolve_model
+from .backend import ChatRunnable, LangChainBackend, chat_model_of, model_name, resolve_model
 
 __all__ = ["ChatECSO"]
 
@@ -47,13 +47,14 @@ class ChatECSO(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    model: Runnable[Any, Any] | None = None
+    model: ChatRunnable | None = None
     """The LangChain chat model to guard: a chat model, a Runnable around one (``with_retry``,
     ``with_fallbacks``, ``bind``, a configurable ``init_chat_model``), or an ``init_chat_model`` string
     such as ``"openai:gpt-4o"``."""
-    backend: Any = None
+    # backend and judge: checked by _one_model and when the guard is built, not by pydantic
+    backend: SkipValidation[VisionChatBackend | None] = None
     """Or: an ecso ``VisionChatBackend`` to guard."""
-    judge: Any = None
+    judge: SkipValidation[ChatRunnable | VisionChatBackend | str | None] = None
     """Optional separate model (LangChain chat model or ecso backend) for the self-check."""
     config: ECSOConfig = Field(default_factory=ECSOConfig)
     """The guard's configuration (prompts, thresholds, fail mode, limits)."""
@@ -106,7 +107,10 @@ class ChatECSO(BaseChatModel):
 
     @property
     def _inner_name(self) -> str:
-        return model_name(self.model) if self.model is not None else str(self.backend.name)
+        if self.model is not None:
+            return model_name(self.model)
+        assert self.backend is not None  # _one_model: a backend when there is no model
+        return str(self.backend.name)
 
     # ---- what LangChain asks of a model: profile, serialisation ---------------------------------
 
@@ -118,6 +122,7 @@ class ChatECSO(BaseChatModel):
         tools; PDFs, audio, video and images inside tool messages are refused.
         """
         if self.model is None:
+            assert self.backend is not None  # _one_model: a backend when there is no model
             caps = self.backend.capabilities
             return ModelProfile(
                 text_inputs=True,
@@ -129,9 +134,9 @@ class ChatECSO(BaseChatModel):
         inner = chat_model_of(self.model)
         if inner is None or inner.profile is None:
             return None
-        profile = ModelProfile(**inner.profile)  # type: ignore[typeddict-item]
-        profile.update(pdf_inputs=False, audio_inputs=False, video_inputs=False, image_tool_message=False)
-        profile.update(pdf_tool_message=False)
+        profile = ModelProfile(**inner.profile)
+        profile.update({"pdf_inputs": False, "audio_inputs": False, "video_inputs": False, "image_tool_message": False})
+        profile.update({"pdf_tool_message": False})
         if "image_url_inputs" in profile:
             profile["image_url_inputs"] = bool(profile["image_url_inputs"]) and self.config.allow_image_urls
         return profile
@@ -277,7 +282,12 @@ class ChatECSO(BaseChatModel):
 
     def _guard(self, callbacks: Any) -> ECSO:
         # A guard per call: cheap, and the inner LangChain runs become children of this run.
-        backend = LangChainBackend(self.model, callbacks=callbacks) if self.model is not None else self.backend
+        backend: VisionChatBackend
+        if self.model is not None:
+            backend = LangChainBackend(self.model, callbacks=callbacks)
+        else:
+            assert self.backend is not None  # _one_model: a backend when there is no model
+            backend = self.backend
         judge = self.judge
         if judge is not None and not isinstance(judge, VisionChatBackend):
             judge = LangChainBackend(judge, callbacks=callbacks)
@@ -362,7 +372,9 @@ def _provider_errors() -> Iterator[None]:
         raise
 
 
-def _rebind(runnable: Any, old: Runnable[Any, Any], new: BaseChatModel) -> tuple[Any, bool]:
+def _rebind(
+    runnable: Runnable[Any, Any], old: Runnable[Any, Any], new: BaseChatModel
+) -> tuple[Runnable[Any, Any], bool]:
     """``runnable`` with every binding of ``old`` made a binding of ``new`` (same kwargs and config)."""
     if isinstance(runnable, RunnableBindingBase) and runnable.bound is old:
         bound = new.bind(**runnable.kwargs)

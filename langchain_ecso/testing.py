@@ -2,7 +2,10 @@
 
 Unlike LangChain's fake chat models it supports ``bind_tools``, so agents (``create_agent``) and
 ``ECSOMiddleware`` can be tested with it, streams word by word like a provider (so event streams
-see its tokens), and records every call with its keyword arguments.
+see its tokens), and records every call with its keyword arguments and the ECSO step it served.
+Script it by step with :func:`ecso_core.by_step`, as ``ScriptedBackend``::
+
+    ScriptedChatModel(reply=by_step(answer="Sure, step 1...", check="Yes", caption="a list", eyes_closed="No."))
 """
 
 from __future__ import annotations
@@ -16,9 +19,14 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.model_profile import ModelProfile
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field
+
+from ecso_core.backends.scripted import call_script
+from ecso_core.steps import current_step
+from ecso_core.types import StepName
 
 __all__ = ["ScriptedChatModel"]
 
@@ -30,11 +38,14 @@ def _default_reply(messages: list[BaseMessage]) -> str:
 
 
 class ScriptedChatModel(BaseChatModel):
-    """Replies with ``reply(messages, **kwargs)`` (or ``reply(messages)``): a string or an ``AIMessage``.
+    """Replies with ``reply(messages, **kwargs)``: a string or an ``AIMessage``.
 
-    Every call is appended to :attr:`calls` as ``(messages, kwargs)``; bound tools arrive in
-    ``kwargs["tools"]``. Usage metadata is a rough count (characters / 4). ``logprobs=True`` marks
-    the model as one that returns log-probabilities (put them in the reply's ``response_metadata``).
+    The script gets the call's keyword arguments its signature takes (all of them with ``**kwargs``;
+    none for ``reply(messages)``); :func:`ecso_core.by_step` makes a script that answers by ECSO step.
+    Every call is appended to :attr:`calls` as ``(messages, kwargs)``, and the ECSO step it served
+    (None outside the guard) to :attr:`steps`; bound tools arrive in ``kwargs["tools"]``. Usage
+    metadata is a rough count (characters / 4). ``logprobs=True`` marks the model as one that returns
+    log-probabilities (put them in the reply's ``response_metadata``).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -43,6 +54,8 @@ class ScriptedChatModel(BaseChatModel):
     """The script: a function of the messages (and keyword arguments); not serialised."""
     calls: list[tuple[list[BaseMessage], dict[str, Any]]] = Field(default_factory=list, exclude=True)
     """Every call received, in order."""
+    steps: list[StepName | None] = Field(default_factory=list, exclude=True)
+    """The ECSO step each call served (None: called outside the guard), in the order of :attr:`calls`."""
     logprobs: bool = False
     """Declare that replies carry log-probabilities."""
 
@@ -72,10 +85,8 @@ class ScriptedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         self.calls.append((messages, {"stop": stop, **kwargs}))
-        try:
-            out = self.reply(messages, **kwargs)
-        except TypeError:
-            out = self.reply(messages)
+        self.steps.append(current_step())
+        out = call_script(self.reply, messages, kwargs)
         if isinstance(out, str):
             text = out
             if stop:
@@ -102,7 +113,7 @@ class ScriptedChatModel(BaseChatModel):
         for piece in _WORDS.findall(str(message.content)):
             yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
         calls = [
-            {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i, "type": "tool_call_chunk"}
+            tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
             for i, c in enumerate(getattr(message, "tool_calls", []))
         ]
         last = AIMessageChunk(

@@ -32,6 +32,7 @@ from ecso_core.types import (
     ImagePart,
     ImageURL,
     Message,
+    Role,
     TextPart,
     TokenUsage,
     ToolCall,
@@ -46,7 +47,7 @@ __all__ = [
     "with_user_message",
 ]
 
-_ROLES = {
+_ROLES: dict[MessageRole, Role] = {
     MessageRole.SYSTEM: "system",
     MessageRole.DEVELOPER: "system",
     MessageRole.USER: "user",
@@ -188,7 +189,8 @@ def reply_from_chat_response(response: ChatResponse, tool_calls: Sequence[Any] =
     """Translate an LLM's ``ChatResponse`` (and its parsed ``ToolSelection`` calls) into a :class:`ChatReply`."""
     extra = response.additional_kwargs or {}
     raw = response.raw if isinstance(response.raw, dict) else {}
-    usage = raw.get("usage") if isinstance(raw.get("usage"), dict) else {}
+    found = raw.get("usage")
+    usage: dict[str, Any] = found if isinstance(found, dict) else {}
     prompt = extra.get("prompt_tokens") or usage.get("prompt_tokens") or 0
     completion = extra.get("completion_tokens") or usage.get("completion_tokens") or 0
     calls = tuple(ToolCall(id=c.tool_id, name=c.tool_name, arguments=c.tool_kwargs or {}) for c in tool_calls)
@@ -234,7 +236,12 @@ def tool_selections(response: ChatResponse, error_on_no_tool_call: bool = False)
 
     """
     calls = [
-        ToolSelection(tool_id=b.tool_call_id or "", tool_name=b.tool_name, tool_kwargs=b.tool_kwargs)
+        # arguments left as a JSON string become {}, as ToolSelection's own validator makes them
+        ToolSelection(
+            tool_id=b.tool_call_id or "",
+            tool_name=b.tool_name,
+            tool_kwargs=b.tool_kwargs if isinstance(b.tool_kwargs, dict) else {},
+        )
         for b in response.message.blocks
         if isinstance(b, ToolCallBlock)
     ]

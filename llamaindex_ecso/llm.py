@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -20,7 +20,7 @@ from llama_index.core.llms import LLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, SerializeAsAny, SkipValidation, model_validator
 
 from ecso_core.backends.base import VisionChatBackend
 from ecso_core.config import ECSOConfig
@@ -54,9 +54,17 @@ class ECSOMultiModalLLM(FunctionCallingLLM):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    llm: Any = Field(default=None, description="The LlamaIndex LLM to guard.")
-    backend: Any = Field(default=None, description="Or: an ecso VisionChatBackend to guard.")
-    judge: Any = Field(default=None, description="Optional separate LLM or backend for the self-check.")
+    # llm, backend and judge: checked by _one_model and when the guard is built, not by pydantic, and
+    # serialised as the objects they hold (an LLM subclass with all its fields)
+    llm: Annotated[LLM | None, SkipValidation(), SerializeAsAny()] = Field(
+        default=None, description="The LlamaIndex LLM to guard."
+    )
+    backend: Annotated[VisionChatBackend | None, SkipValidation(), SerializeAsAny()] = Field(
+        default=None, description="Or: an ecso VisionChatBackend to guard."
+    )
+    judge: Annotated[LLM | VisionChatBackend | None, SkipValidation(), SerializeAsAny()] = Field(
+        default=None, description="Optional separate LLM or backend for the self-check."
+    )
     config: ECSOConfig = Field(default_factory=ECSOConfig, description="The guard's configuration.")
     max_tokens: int | None = Field(default=None, description="Most new tokens per answer (ecso backends).")
     instrument_steps: bool = Field(
@@ -96,6 +104,7 @@ class ECSOMultiModalLLM(FunctionCallingLLM):
                 is_function_calling_model=inner.is_function_calling_model,
                 model_name=f"ecso({inner.model_name})",
             )
+        assert self.backend is not None  # _one_model: a backend when there is no llm
         return LLMMetadata(
             is_chat_model=True,
             is_function_calling_model=self.backend.capabilities.tools,
@@ -205,9 +214,12 @@ class ECSOMultiModalLLM(FunctionCallingLLM):
     def _prepare(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> tuple[ECSO, ChatRequest]:
         tools = list(kwargs.get("tools") or [])
         steps = self.instrument_steps
-        backend = self.backend
+        backend: VisionChatBackend
         if self.llm is not None:
             backend = LlamaIndexBackend(self.llm, tools=tools, instrument_steps=steps)
+        else:
+            assert self.backend is not None  # _one_model: a backend when there is no llm
+            backend = self.backend
         judge = self.judge
         if judge is not None and not isinstance(judge, VisionChatBackend):
             judge = LlamaIndexBackend(judge, instrument_steps=steps)

@@ -16,6 +16,7 @@ from ecso_core import (
     MessageError,
     ScriptedBackend,
     TextPart,
+    by_step,
 )
 from ecso_core.backends.openai import OpenAIBackend, to_payload
 
@@ -31,7 +32,7 @@ def request(query: str = "how to build a bomb") -> ChatRequest:
 
 
 def test_options_reach_both_answers_and_neither_check_nor_caption() -> None:
-    backend = ScriptedBackend(lambda r: "Yes" if "Answer yes or no" in r.messages[-1].text else "some text")
+    backend = ScriptedBackend(by_step(check="Yes", default="some text"))
     result = ECSO(backend).run(request())
     assert result.decision == "unsafe"
     steps = [s.name for s in result.steps]
@@ -56,7 +57,8 @@ def test_a_backend_without_call_options_refuses_them_before_any_call() -> None:
 
 def test_openai_payload_carries_options_verbatim() -> None:
     body = to_payload(request(), "m")
-    assert body["response_format"] == SCHEMA and body["top_k"] == 5
+    assert body["response_format"] == SCHEMA
+    assert body["top_k"] == 5
 
 
 @pytest.mark.parametrize("key", ["model", "messages", "stream", "stream_options", "n"])

@@ -23,6 +23,7 @@ from ecso_core import (
     RequestCancelledError,
     ScriptedBackend,
     TextPart,
+    by_step,
 )
 
 
@@ -43,7 +44,9 @@ def test_a_token_calls_back_once_and_keeps_the_first_reason() -> None:
     token.cancel("deadline")
     token.cancel("again")
     token.on_cancel(lambda: seen.append("late"))  # already cancelled: called at once
-    assert seen == ["b", "late"] and token.cancelled and token.reason == "deadline"
+    assert seen == ["b", "late"]
+    assert token.cancelled
+    assert token.reason == "deadline"
 
 
 def test_a_cancelled_request_makes_no_call() -> None:
@@ -58,16 +61,16 @@ def test_a_cancelled_request_makes_no_call() -> None:
 def test_cancelling_one_request_of_a_batch_stops_it_and_spares_the_others() -> None:
     token = CancelToken()
 
-    def script(req: ChatRequest) -> str:
-        text = req.messages[-1].text
-        if text == "stop me":
+    def answer(req: ChatRequest) -> str:
+        if req.messages[-1].text == "stop me":
             token.cancel("deadline")  # cancelled while its answer is being generated
             return "half an answer"
-        return "No" if "Answer yes or no" in text else "A green square."
+        return "A green square."
 
-    backend = ScriptedBackend(script)
+    backend = ScriptedBackend(by_step(answer=answer, check="No"))
     results = ECSO(backend).run_batch([request("stop me", token), request("keep me")], return_exceptions=True)
-    assert isinstance(results[0], RequestCancelledError) and results[1].decision == "safe"
+    assert isinstance(results[0], RequestCancelledError)
+    assert results[1].decision == "safe"
     assert all("half an answer" not in r.messages[-1].text for r in backend.requests)  # never checked
     assert [r.cancel is token for r in backend.requests] == [True, False, False]
 
@@ -85,7 +88,8 @@ def test_the_guard_gives_every_request_a_token_and_cancels_it_when_its_driver_st
     next(stream), next(stream)  # step events: answer, then check (the answer was generated in between)
     stream.close()  # the consumer went away before the check
     (answer,) = backend.requests
-    assert answer.cancel is not None and answer.cancel.cancelled
+    assert answer.cancel is not None
+    assert answer.cancel.cancelled
 
 
 def model_slow_on(word: str) -> Any:
@@ -108,11 +112,13 @@ async def test_an_http_call_in_flight_is_dropped_when_its_request_is_cancelled()
     start = time.perf_counter()
     dropped, answered = await backend.agenerate([slow, quick])
     assert time.perf_counter() - start < 5
-    assert dropped == ChatReply(finish_reason="cancelled") and answered.text == "done"
+    assert dropped == ChatReply(finish_reason="cancelled")
+    assert answered.text == "done"
 
 
 @pytest.mark.parametrize("spec", ["tiny-random:llava-small"])
 def test_a_running_generation_stops_at_the_next_token(spec: str) -> None:
+    pytest.importorskip("transformers")
     from ecso_core import load_backend
 
     backend = load_backend(spec)
@@ -123,12 +129,15 @@ def test_a_running_generation_stops_at_the_next_token(spec: str) -> None:
     start = time.perf_counter()
     cancelled, other = backend.generate([long, short])
     elapsed = time.perf_counter() - start
-    assert cancelled.finish_reason == "cancelled" and cancelled.text == ""
-    assert other.finish_reason in ("stop", "length") and other.usage.completion_tokens <= 4
+    assert cancelled.finish_reason == "cancelled"
+    assert cancelled.text == ""
+    # the other request of the batch runs on to its bound (random weights do not pick the end token)
+    assert (other.finish_reason, other.usage.completion_tokens) == ("length", 4)
     assert elapsed < 10  # 4,000 tokens would take far longer
 
 
 async def test_cancelling_arun_stops_the_generation_running_in_its_thread() -> None:
+    pytest.importorskip("transformers")
     from ecso_core import load_backend
 
     backend = load_backend("tiny-random:llava-small")

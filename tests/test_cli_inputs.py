@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import png_bytes
-from ecso_core import ChatRequest, GenerationParams, ImageLimits, MissingDependencyError, ScriptedBackend
+from ecso_core import GenerationParams, ImageLimits, MissingDependencyError, ScriptedBackend, by_step
 from ecso_core import cli as cli_module
 from ecso_core import images as images_module
 from ecso_core._progress import progress_bar
@@ -26,19 +25,16 @@ EVAL_MISSING = (
 )
 
 
-def script(request: ChatRequest) -> str:
-    text = request.messages[-1].text
-    if "Answer yes or no" in text:
-        return "Yes" if "bomb" in text else "No"
-    if "describe the image" in text:
-        return "a drawing"
-    if text.startswith("You are given some hints"):
-        return "I'm sorry, I can't help with that."
-    return "Sure, here is how: step 1"
+script = by_step(
+    answer="Sure, here is how: step 1",
+    check=lambda request: "Yes" if "bomb" in request.messages[-1].text else "No",
+    caption="a drawing",
+    eyes_closed="I'm sorry, I can't help with that.",
+)
 
 
 @pytest.fixture
-def model(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedBackend]:
+def model(monkeypatch: pytest.MonkeyPatch) -> ScriptedBackend:
     """The model every command loads (``_load_model`` is the commands' one way to load one)."""
     backend = ScriptedBackend(script)
     loaded: list[str] = []
@@ -49,7 +45,7 @@ def model(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedBackend]:
 
     monkeypatch.setattr(cli_module, "_load_model", load)
     backend.loaded = loaded  # type: ignore[attr-defined]
-    yield backend
+    return backend
 
 
 def run(*args: str) -> Any:
@@ -75,7 +71,8 @@ def test_ask_takes_a_path_and_says_clearly_when_it_is_missing(model: ScriptedBac
     picture = tmp_path / "p.png"
     picture.write_bytes(PNG)
     out = run("ask", "--model", "m", "--image", str(picture), "--json", "What colour?")
-    assert out.exit_code == 0 and first_image(out) == "pil:RGB 16x16"
+    assert out.exit_code == 0
+    assert first_image(out) == "pil:RGB 16x16"
     missing = tmp_path / "nope.png"
     out = run("ask", "--model", "m", "--image", str(missing), "q")
     assert out.exit_code == 2
@@ -86,7 +83,8 @@ def test_ask_refuses_an_image_url_without_the_flag_before_loading_the_model(mode
     out = run("ask", "--model", "m", "--image", "https://example.test/a.png", "q")
     assert out.exit_code == 2
     assert out.stderr == "error: --image https://example.test/a.png is a URL; pass --allow-image-urls to fetch it\n"
-    assert model.loaded == [] and model.requests == []  # type: ignore[attr-defined]
+    assert model.loaded == []
+    assert model.requests == []
 
 
 def test_ask_fetches_an_image_url_with_the_flag_through_the_guarded_fetch(
@@ -153,6 +151,8 @@ def jsonl(tmp_path: Path, count: int = 2) -> Path:
 
 
 def test_eval_on_a_jsonl_without_scenarios_counts_each_case_once(model: ScriptedBackend, tmp_path: Path) -> None:
+    pytest.importorskip("tqdm")
+    pytest.importorskip("matplotlib")
     out = run("eval", "--benchmark", f"jsonl:{jsonl(tmp_path)}", "--model", "m", "--out", str(tmp_path / "run"))
     assert out.exit_code == 0, out.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -174,6 +174,8 @@ def test_eval_on_a_jsonl_without_scenarios_counts_each_case_once(model: Scripted
 def test_eval_without_the_eval_extra_names_the_pip_install_before_loading_the_model(
     model: ScriptedBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str
 ) -> None:
+    for other in {"tqdm", "matplotlib"} - {missing}:
+        pytest.importorskip(other)  # installed: only ``missing`` is missing
     monkeypatch.setitem(sys.modules, missing, None)  # what an interpreter without the package sees
     out = run("eval", "--benchmark", f"jsonl:{jsonl(tmp_path)}", "--model", "m", "--out", str(tmp_path / "run"))
     assert (out.exit_code, out.stderr) == (1, EVAL_MISSING.format(module=missing))
@@ -189,12 +191,17 @@ def test_datagen_without_tqdm_names_the_pip_install(
     assert model.loaded == []  # type: ignore[attr-defined]
 
 
-def test_library_progress_bars_and_plots_raise_the_typed_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_library_progress_bars_and_plots_raise_the_typed_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setitem(sys.modules, "tqdm", None)
     with pytest.raises(MissingDependencyError) as caught:
         progress_bar(3)
     assert (caught.value.package, caught.value.extra) == ("tqdm", "eval")
-    assert progress_bar(3, enabled=False) is not None  # no bar wanted: no tqdm needed
+    silent = progress_bar(3, enabled=False)  # no bar wanted: no tqdm needed, and nothing is shown
+    silent.update(2)
+    silent.close()
+    assert capsys.readouterr() == ("", "")
 
     from ecso_core.eval import write_report
 

@@ -11,23 +11,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ecso_core import ECSO, ChatRequest, ScriptedBackend
+from ecso_core import ECSO, ScriptedBackend, by_step
 from ecso_core.datagen import LlavaRecord, MessagesRecord, generate_sft, pair_id, validate_sft
 from ecso_core.eval import EvalCase
 from ecso_core.images import image_digest, load_image
 
 
 def scripted() -> ECSO:
-    def reply(request: ChatRequest) -> str:
-        text = request.messages[-1].text
-        if "Answer yes or no" in text:
-            return "Yes" if "weapon" in text else "No"
-        if "describe the image" in text:
-            return "a drawing"
-        if text.startswith("You are given some hints"):
-            return "I can't help with weapons, but here is some safety information."
-        return f"Sure: {text}"
-
+    reply = by_step(
+        answer=lambda request: f"Sure: {request.messages[-1].text}",
+        check=lambda request: "Yes" if "weapon" in request.messages[-1].text else "No",
+        caption="a drawing",
+        eyes_closed="I can't help with weapons, but here is some safety information.",
+    )
     return ECSO(ScriptedBackend(reply))
 
 
@@ -64,11 +60,13 @@ def test_records_in_both_formats_match_their_schemas_and_content(tmp_path: Path)
             {"from": "gpt", "value": "I can't help with weapons, but here is some safety information."},
         ],
     }
-    assert messages[0].images == [f"images/{digest}.png"] and messages[0].source == "eyes_closed"
+    assert messages[0].images == [f"images/{digest}.png"]
+    assert messages[0].source == "eyes_closed"
     assert [p.type for p in messages[0].messages[0].content] == ["image", "text"]
     assert image_digest(load_image(tmp_path / "sft" / llava[0].image)) == digest
     saved = json.loads((tmp_path / "sft" / "manifest.json").read_text())
-    assert saved["prompt_set"] == "ecso-paper" and saved["config"]["fail_mode"] == "closed"
+    assert saved["prompt_set"] == "ecso-paper"
+    assert saved["config"]["fail_mode"] == "closed"
 
 
 def test_safe_fraction_keeps_safe_answers_unchanged(tmp_path: Path) -> None:
@@ -103,14 +101,16 @@ def test_shards_are_disjoint_and_cover_everything(tmp_path: Path) -> None:
     for index in range(3):
         generate_sft(items, scripted(), tmp_path / f"s{index}", shard=(index, 3), safe_fraction=1.0, progress=False)
         parts.append({r["id"] for r in lines(tmp_path / f"s{index}" / "processed.jsonl")})
-    assert set().union(*parts) == everything and sum(len(p) for p in parts) == len(everything) == 12
+    assert set().union(*parts) == everything
+    assert sum(len(p) for p in parts) == len(everything) == 12
 
 
 def test_duplicate_pairs_are_processed_once(tmp_path: Path) -> None:
     items = cases(tmp_path, 2)
     twin = items[0].model_copy(update={"id": "copy"})
     manifest = generate_sft([*items, twin], scripted(), tmp_path / "sft", progress=False)
-    assert manifest["duplicates_skipped"] == 1 and len(lines(tmp_path / "sft" / "processed.jsonl")) == 2
+    assert manifest["duplicates_skipped"] == 1
+    assert len(lines(tmp_path / "sft" / "processed.jsonl")) == 2
 
 
 def test_validate_catches_missing_images_malformed_records_and_counts(tmp_path: Path) -> None:
@@ -163,14 +163,17 @@ def test_cli_datagen_on_tiny_random_then_validate(tmp_path: Path) -> None:
     summary = json.loads(run.stdout)
     assert sum(summary["outcomes"].values()) == 3
     check = subprocess.run([ecso, "datagen", "validate", str(out)], capture_output=True, text=True, env=env)
-    assert check.returncode == 0 and check.stdout.startswith("valid:")
+    assert check.returncode == 0
+    assert check.stdout.startswith("valid:")
     (out / "llava.jsonl").write_text("not json\n")
     broken = subprocess.run([ecso, "datagen", "validate", str(out)], capture_output=True, text=True, env=env)
-    assert broken.returncode == 1 and "malformed record" in broken.stderr
+    assert broken.returncode == 1
+    assert "malformed record" in broken.stderr
     bad_shard = subprocess.run(
         [ecso, "datagen", "--input", str(pairs), "--model", "x", "--out", str(out), "--shard", "3/3"],
         capture_output=True,
         text=True,
         env=env,
     )
-    assert bad_shard.returncode == 2 and "--shard" in bad_shard.stderr
+    assert bad_shard.returncode == 2
+    assert "--shard" in bad_shard.stderr

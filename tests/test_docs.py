@@ -117,7 +117,7 @@ def test_python_examples_print_what_the_page_shows(
             monkeypatch.setitem(sys.modules, module.__name__, module)
             namespace = module.__dict__
         capsys.readouterr()
-        exec(compile(example.code, f"{page.name}[python block {example.number}]", "exec"), namespace)  # noqa: S102
+        exec(compile(example.code, f"{page.name}[python block {example.number}]", "exec"), namespace)
         printed = capsys.readouterr().out
         if example.output is None:
             if printed.strip():

@@ -15,8 +15,8 @@ from PIL import Image
 
 pytest.importorskip("transformers")
 
-from ecso_core import ECSO, ChatRequest, ECSOConfig, GenerationParams, ImagePart, Message, TextPart  # noqa: E402
-from ecso_core.backends.transformers import TransformersBackend  # noqa: E402
+from ecso_core import ECSO, ChatRequest, ECSOConfig, GenerationParams, ImagePart, Message, TextPart
+from ecso_core.backends.transformers import TransformersBackend
 
 FAMILIES = [
     "llava-small",
@@ -90,7 +90,8 @@ def test_the_family_loads_without_torchvision_and_reports_its_fast_paths(backend
     family = backend.name.removeprefix("tiny-random:")
     assert described["fast_paths"]["image_cache"] == IMAGE_CACHE_OFF.get(family)
     reuse = described["fast_paths"]["prefix_reuse"]
-    assert (reuse is None) == (family not in REUSE_OFF) and (reuse or "").startswith(REUSE_OFF.get(family, ""))
+    assert (reuse is None) == (family not in REUSE_OFF)
+    assert (reuse or "").startswith(REUSE_OFF.get(family, ""))
 
 
 @pytest.mark.parametrize("threshold", [1.0, 0.0], ids=["safe", "unsafe"])
@@ -100,7 +101,8 @@ def test_ecso_runs_the_whole_flow(backend: TransformersBackend, threshold: float
     assert [s.name for s in result.steps] == expected
     assert result.decision == ("safe" if threshold == 1.0 else "unsafe")
     if threshold == 0.0:  # the eyes-closed answer is text only, through the model's own template
-        assert not any(m.images for m in result.steps[-1].messages) and result.steps[-1].usage.prompt_tokens > 0
+        assert not any(m.images for m in result.steps[-1].messages)
+        assert result.steps[-1].usage.prompt_tokens > 0
 
 
 def test_reuse_equals_plain_for_a_single_request(backend: TransformersBackend) -> None:
@@ -136,11 +138,13 @@ def test_reuse_equals_plain_for_interleaved_requests(backend: TransformersBacken
     guard = ECSO(backend, config(0.0))
     first, second = ask("First?", picture(40, 40, 20)), ask("Second question, longer.", picture(70, 35, 21))
     plain, reused, _ = both(backend, lambda: [outcome(guard.run(r)) for r in (first, second, first)])
-    assert plain == reused and plain[0] == plain[2]
+    assert plain == reused
+    assert plain[0] == plain[2]
 
 
 def test_reuse_equals_plain_for_two_images(backend: TransformersBackend) -> None:
     guard = ECSO(backend, config(0.0))
     request = ask("Compare the two pictures.", picture(40, 40, 30), picture(64, 32, 31))
     plain, reused, _ = both(backend, lambda: outcome(guard.run(request)))
-    assert plain == reused and len(plain[3]) == 2  # one caption per image
+    assert plain == reused
+    assert len(plain[3]) == 2

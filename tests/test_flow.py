@@ -19,6 +19,7 @@ from ecso_core import (
     ScriptedBackend,
     TextPart,
     ToolCall,
+    by_step,
 )
 from ecso_core.flow import ModelCall, Outcome, ecso_flow
 from ecso_core.images import prepare_request
@@ -61,7 +62,9 @@ def test_safe_path_sends_the_paper_check_prompt_and_returns_the_answer_unchanged
     assert [p.kind for p in check_msg.content] == ["image", "text"]
     assert check_msg.text == CHECK.format(query=QUERY, response="Step 1: mix flour.")
     assert check_req.params == ECSOConfig().check_params
-    assert result.verdict is not None and result.verdict.unsafe is False and result.verdict.method == "text"
+    assert result.verdict is not None
+    assert result.verdict.unsafe is False
+    assert result.verdict.method == "text"
 
 
 def test_unsafe_path_captions_with_the_image_then_answers_with_no_image() -> None:
@@ -91,7 +94,9 @@ def test_a_long_answer_is_judged_in_windows_each_a_paper_prompt() -> None:
     assert first == CHECK.format(query=QUERY, response=long_answer[:1264])
     assert second == CHECK.format(query=QUERY, response=long_answer[-1264:])
     assert backend.batch_sizes == [1, 2]  # both windows in one batched call
-    assert result.decision == "safe" and result.verdict.windows == 2 and len(result.verdict.parts) == 2
+    assert result.decision == "safe"
+    assert result.verdict.windows == 2
+    assert len(result.verdict.parts) == 2
 
 
 @pytest.mark.parametrize(
@@ -107,30 +112,30 @@ def test_a_long_answer_is_judged_in_windows_each_a_paper_prompt() -> None:
     ],
 )
 def test_verdict_replies_decide(reply: str, decision: str) -> None:
-    backend = ScriptedBackend(lambda r: reply if "Answer yes or no" in r.messages[-1].text else "ok")
+    backend = ScriptedBackend(by_step(answer="the answer", check=reply, caption="a caption", eyes_closed="closed"))
     result = ECSO(backend).run(single_turn())
     assert result.decision == decision
-    if decision == "fail_closed":
-        assert [s.name for s in result.steps] == ["answer", "check", "caption", "eyes_closed"]
-        assert result.verdict is not None and result.verdict.unsafe is None and result.verdict.error
+    assert result.answer == ("the answer" if decision == "safe" else "closed")
+    assert [s.name for s in result.steps] == (
+        ["answer", "check"] if decision == "safe" else ["answer", "check", "caption", "eyes_closed"]
+    )
+    assert result.verdict is not None
+    assert (result.verdict.method, result.verdict.raw) == ("text", reply)
+    assert result.verdict.unsafe is {"unsafe": True, "safe": False, "fail_closed": None}[decision]
+    no_verdict = "the check reply does not start with yes or no"
+    assert result.verdict.error == (no_verdict if decision == "fail_closed" else None)
 
 
 def test_failed_check_call_fails_closed_and_never_releases_the_answer() -> None:
-    def script(request: ChatRequest) -> object:
-        text = request.messages[-1].text
-        if "Answer yes or no" in text:
-            return BackendError("judge down")
-        if "describe the image" in text:
-            return "a caption"
-        if text.startswith("You are given some hints"):
-            return "safe reply"
-        return "UNCHECKED ANSWER"
-
+    script = by_step(
+        answer="UNCHECKED ANSWER", check=BackendError("judge down"), caption="a caption", eyes_closed="safe reply"
+    )
     result = ECSO(ScriptedBackend(script)).run(single_turn())
     assert result.decision == "fail_closed"
     assert result.answer == "safe reply"
     assert "UNCHECKED" not in result.answer
-    assert result.verdict is not None and result.verdict.method == "failed"
+    assert result.verdict is not None
+    assert result.verdict.method == "failed"
     assert "judge down" in (result.verdict.error or "")
     assert result.steps[1].error == "BackendError: judge down"
 
@@ -162,7 +167,9 @@ def test_probability_verdict_uses_the_threshold_and_skips_text_generation() -> N
 def test_use_scores_false_reads_the_text_even_when_the_backend_can_score() -> None:
     backend = ScriptedBackend(["answer", "No"], scores=[(0.9, 0.1)])
     result = ECSO(backend, ECSOConfig(use_scores=False)).run(single_turn())
-    assert result.decision == "safe" and result.verdict is not None and result.verdict.method == "text"
+    assert result.decision == "safe"
+    assert result.verdict is not None
+    assert result.verdict.method == "text"
 
 
 def test_separate_judge_answers_only_the_check() -> None:
@@ -186,7 +193,8 @@ def test_check_text_only_rechecks_and_reanswers_harmlessly() -> None:
     backend = ScriptedBackend(["bad", "yes", "good"])
     request = ChatRequest(messages=(Message(role="user", content="how to hurt"),))
     result = ECSO(backend, ECSOConfig(check_text_only=True)).run(request)
-    assert result.decision == "unsafe" and result.answer == "good"
+    assert result.decision == "unsafe"
+    assert result.answer == "good"
     assert backend.requests[1].messages[0].content == (
         TextPart(text=CHECK.format(query="how to hurt", response="bad")),
     )
@@ -260,7 +268,8 @@ def test_unsafe_tool_call_reruns_eyes_closed_with_the_same_tools() -> None:
     bad = ChatReply(tool_calls=(ToolCall(id="c1", name="buy", arguments={"item": "weapon"}),))
     backend = ScriptedBackend([bad, "yes", "caption", "I won't."])
     result = ECSO(backend).run(request)
-    assert result.decision == "unsafe" and result.tool_calls == ()
+    assert result.decision == "unsafe"
+    assert result.tool_calls == ()
     assert backend.requests[3].tools == tools
     assert backend.requests[2].tools == ()
 
@@ -282,7 +291,8 @@ def test_flow_can_be_stepped_by_hand_without_io() -> None:
     request = prepare_request(single_turn())
     flow = ecso_flow(request, ECSOConfig(), can_score=True)
     (answer,) = next(flow)
-    assert isinstance(answer, ModelCall) and answer.step == "answer"
+    assert isinstance(answer, ModelCall)
+    assert answer.step == "answer"
     (check,) = flow.send([Outcome(value=ChatReply(text="sure"))])
     assert (check.step, check.target, check.score) == ("check", "judge", True)
     from ecso_core import YesNoScore

@@ -13,6 +13,9 @@ from ecso_core import (
     CapabilityError,
     ChatReply,
     ChatRequest,
+    ECSOConfig,
+    ECSOResult,
+    ECSOStreamEvent,
     ImageError,
     ImagePart,
     Message,
@@ -21,6 +24,7 @@ from ecso_core import (
     StreamEnd,
     TextDelta,
     TextPart,
+    by_step,
 )
 from ecso_core.guard import chunk_text
 
@@ -30,16 +34,13 @@ def request(query: str, color: str = "red") -> ChatRequest:
     return ChatRequest(messages=(Message(role="user", content=(part, TextPart(text=query))),))
 
 
-def script(req: ChatRequest) -> str:
-    """Deterministic replies keyed on the prompt, so the order of calls does not matter."""
-    text = req.messages[-1].text
-    if "Answer yes or no" in text:
-        return "Yes" if "bomb" in text else "No"
-    if "describe the image" in text:
-        return "a picture about bombs"
-    if text.startswith("You are given some hints"):
-        return "I can't help with that, but here is safety info."
-    return f"Answer to: {text}"
+# Deterministic replies keyed on the step, so the order of calls does not matter.
+script = by_step(
+    answer=lambda r: f"Answer to: {r.messages[-1].text}",
+    check=lambda r: "Yes" if "bomb" in r.messages[-1].text else "No",
+    caption="a picture about bombs",
+    eyes_closed="I can't help with that, but here is safety info.",
+)
 
 
 QUERIES = ["how to bake bread", "how to build a bomb", "what colour is it"]
@@ -95,11 +96,58 @@ def test_stream_emits_no_text_before_the_verdict() -> None:
     assert "Answer to" not in text
 
 
-async def test_astream_matches_stream() -> None:
-    guard = ECSO(ScriptedBackend(script))
-    events = [e async for e in guard.astream(request("how to build a bomb"))]
-    assert [type(e).__name__ for e in events][:4] == ["StepEvent"] * 4
-    assert events[-1].result.decision == "unsafe"
+def without_timings(events: list[ECSOStreamEvent]) -> list[ECSOStreamEvent]:
+    """The events with every step latency zeroed (the only field that differs between two runs)."""
+
+    def untimed(result: ECSOResult) -> ECSOResult:
+        return result.model_copy(update={"steps": tuple(s.model_copy(update={"latency_s": 0.0}) for s in result.steps)})
+
+    return [StreamEnd(result=untimed(e.result)) if isinstance(e, StreamEnd) else e for e in events]
+
+
+@pytest.mark.parametrize("query", ["how to build a bomb", "how to bake bread"])
+async def test_astream_matches_stream(query: str) -> None:
+    sync_backend, async_backend = ScriptedBackend(script), ScriptedBackend(script)
+    streamed = list(ECSO(sync_backend).stream(request(query)))
+    astreamed = [e async for e in ECSO(async_backend).astream(request(query))]
+    assert without_timings(astreamed) == without_timings(streamed)
+    assert [(r.messages, r.params) for r in async_backend.requests] == [
+        (r.messages, r.params) for r in sync_backend.requests
+    ]
+    assert async_backend.steps == sync_backend.steps
+    steps = [e.step for e in astreamed if isinstance(e, StepEvent)]
+    assert steps == (["answer", "check", "caption", "eyes_closed"] if "bomb" in query else ["answer", "check"])
+    deltas = "".join(e.text for e in astreamed if isinstance(e, TextDelta))
+    assert deltas == astreamed[-1].result.answer == streamed[-1].result.answer
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_flows_at_different_steps_in_one_round_are_separate_backend_calls(mode: str) -> None:
+    """The batching key holds the step: a caption and an eyes-closed answer never share a backend call."""
+    backend = ScriptedBackend(
+        by_step(
+            answer="Sure: step 1.",
+            check="Yes",
+            caption="a diagram",
+            eyes_closed=lambda r: "Refused: " + r.messages[-1].text.rsplit("\n", 1)[-1],
+        )
+    )
+    guard = ECSO(backend, ECSOConfig(check_text_only=True))
+    text_only = ChatRequest(messages=(Message(role="user", content="how to hurt"),))
+    # Round 3: the image request is at its caption, the text-only one (no image to caption) at its
+    # eyes-closed answer. Same backend, both generated: only the step tells them apart.
+    reqs = [request("how to build a bomb"), text_only]
+    results = guard.run_batch(reqs) if mode == "sync" else asyncio.run(guard.arun_batch(reqs))
+    assert backend.batch_sizes == [2, 2, 1, 1, 1]
+    assert backend.steps == ["answer", "answer", "check", "check", "caption", "eyes_closed", "eyes_closed"]
+    assert backend.requests[5].messages[-1].text == (
+        "Answer the following question in a HARMLESS and ETHICAL way.\n\nhow to hurt"
+    )
+    assert backend.requests[6].messages[-1].text.startswith("You are given some hints")
+    assert [(r.decision, r.answer, r.captions) for r in results] == [
+        ("unsafe", "Refused: how to build a bomb", ("a diagram",)),
+        ("unsafe", "Refused: how to hurt", ()),
+    ]
 
 
 def test_batch_isolates_a_bad_request() -> None:
@@ -137,7 +185,8 @@ def test_capabilities_are_checked_before_any_call() -> None:
     no_tools = ScriptedBackend(script, tools=False)
     with pytest.raises(CapabilityError):
         ECSO(no_tools).run(request("q").model_copy(update={"tools": ({"type": "function"},)}))
-    assert backend.requests == [] and no_tools.requests == []
+    assert backend.requests == []
+    assert no_tools.requests == []
 
 
 def test_guard_is_a_backend_and_guards_compose() -> None:
@@ -148,7 +197,8 @@ def test_guard_is_a_backend_and_guards_compose() -> None:
     assert reply.usage.total_tokens == reply.raw.usage.total_tokens
     outer = ECSO(ECSO(ScriptedBackend(script)), judge=ScriptedBackend(["No"]))
     result = outer.run(request("how to bake bread"))
-    assert result.decision == "safe" and result.answer == "Answer to: how to bake bread"
+    assert result.decision == "safe"
+    assert result.answer == "Answer to: how to bake bread"
 
 
 def test_ask_builds_a_single_turn(red_png: bytes) -> None:

@@ -14,7 +14,7 @@ from ecso_core import ECSO, ChatRequest, ECSOConfig, GenerationParams, ImagePart
 
 pytest.importorskip("transformers")
 
-from ecso_core.backends.transformers import TransformersBackend  # noqa: E402
+from ecso_core.backends.transformers import TransformersBackend
 
 SPECS = ["tiny-random", "tiny-random:gemma3-small", "tiny-random:llava-small"]
 
@@ -79,7 +79,8 @@ def test_prompts_longer_than_the_sliding_window_are_not_reused() -> None:
     backend._window = 8  # shorter than any prompt here
     calls = count_vision_calls(backend)
     ECSO(backend, ECSOConfig(min_score_mass=0.0, verdict_threshold=1.0)).run(request("What is shown here?", picture(2)))
-    assert calls[0] == 2 and len(backend._prefix_cache) == 0
+    assert calls[0] == 2
+    assert len(backend._prefix_cache) == 0
 
 
 def test_image_processing_runs_once_per_image() -> None:
@@ -141,8 +142,10 @@ def test_prefix_cache_is_bounded_and_indexed_by_images() -> None:
     for n in range(5):
         ids = torch.tensor([[n, 1, 2, 3, 4]])
         cache.store([(f"img{n}",)], ids, torch.ones_like(ids), Cache(), None)
-    assert len(cache) == 3 and len(cache._by_images) == 3  # the two oldest were evicted, index included
+    assert len(cache) == 3
+    assert len(cache._by_images) == 3
     assert cache.lookup(("img0",), torch.tensor([0, 1, 2])) is None
     hit = cache.lookup(("img4",), torch.tensor([4, 1, 2, 9]))
-    assert hit is not None and hit.length == 3
+    assert hit is not None
+    assert hit.length == 3
     assert cache.lookup(("other",), torch.tensor([4, 1, 2, 9])) is None  # same ids, other image: no hit

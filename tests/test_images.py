@@ -147,7 +147,8 @@ def test_prepare_request_loads_images_sets_digests_and_counts(red_png: bytes) ->
     request = ChatRequest(messages=(Message(role="user", content=(ImagePart(image=red_png), TextPart(text="q"))),))
     prepared = prepare_request(request)
     (part,) = prepared.images
-    assert isinstance(part.image, Image.Image) and part.digest == image_digest(part.image)
+    assert isinstance(part.image, Image.Image)
+    assert part.digest == image_digest(part.image)
     assert prepare_request(prepared) == prepared
     too_many = ChatRequest(messages=(Message(role="user", content=tuple(ImagePart(image=red_png) for _ in range(3))),))
     with pytest.raises(ImageError, match="limit is 2"):
@@ -164,7 +165,7 @@ def image_server() -> Iterator[str]:
     body = png_bytes("green", (5, 5))
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             if self.path == "/redirect":
                 self.send_response(302)
                 self.send_header("Location", "/ok.png")

@@ -136,7 +136,8 @@ def test_reply_translation_reads_text_tool_calls_and_usage() -> None:
 def test_score_from_logprobs_sums_spellings() -> None:
     score = score_from_payload(logprob_completion(0.7, 0.2))
     assert score is not None
-    assert score.p_yes == pytest.approx(0.7) and score.p_no == pytest.approx(0.2)
+    assert score.p_yes == pytest.approx(0.7)
+    assert score.p_no == pytest.approx(0.2)
     assert score_from_payload(completion("Yes")) is None
 
 
@@ -162,7 +163,8 @@ def test_scoring_requests_one_token_with_logprobs_and_ecso_uses_it() -> None:
     handler = Recorder(completion("an answer"), logprob_completion(0.1, 0.8))
     guard = ECSO(backend(handler))
     result = guard.ask("What is it?", [Image.new("RGB", (4, 4))])
-    assert result.decision == "safe" and result.verdict.method == "probability"
+    assert result.decision == "safe"
+    assert result.verdict.method == "probability"
     check_body = handler.bodies[1]
     assert (check_body["max_tokens"], check_body["logprobs"], check_body["top_logprobs"]) == (1, True, 20)
     assert check_body["temperature"] == 0.0
@@ -181,23 +183,22 @@ def test_server_without_logprobs_says_it_cannot_score_and_is_not_asked_again() -
 
 
 def test_guard_over_a_server_without_logprobs_reads_the_check_as_text_and_says_so() -> None:
-    def serve(body: dict[str, Any]) -> dict[str, Any]:
-        text = body["messages"][-1]["content"]
-        text = text if isinstance(text, str) else text[-1]["text"]
-        return completion("No, it is fine." if "Answer yes or no" in text else "A cat.")
-
-    handler = Recorder(serve)
+    answer, check = completion("A cat."), completion("No, it is fine.")
+    handler = Recorder(answer, check, check, answer, check)  # in order: the calls of two guarded runs
     guard = ECSO(backend(handler))
     request = ChatRequest(
         messages=(Message(role="user", content=(ImagePart(image=Image.new("RGB", (8, 8))), TextPart(text="What?"))),)
     )
     result = guard.run(request)
     assert result.decision == "safe"
-    assert result.verdict.method == "text" and result.verdict.fallback == "the judge gave no token probabilities"
+    assert result.verdict.method == "text"
+    assert result.verdict.fallback == "the judge gave no token probabilities"
     assert [s.name for s in result.steps] == ["answer", "check", "check"]
     assert [b.get("logprobs") for b in handler.bodies] == [None, True, None]
     again = guard.run(request)  # remembered: the check goes straight to text
-    assert [s.name for s in again.steps] == ["answer", "check", "check"] and len(handler.bodies) == 5
+    assert [s.name for s in again.steps] == ["answer", "check", "check"]
+    assert len(handler.bodies) == 5
+    assert (result.answer, again.answer, again.verdict.method) == ("A cat.", "A cat.", "text")
 
 
 def test_retries_on_429_and_5xx_then_succeeds() -> None:
@@ -216,7 +217,8 @@ def test_errors_are_typed() -> None:
     bad = Recorder(httpx.Response(400, json={"error": {"message": "bad field"}}))
     with pytest.raises(BackendError, match="HTTP 400: bad field") as info:
         backend(bad).generate([request])
-    assert info.value.status_code == 400 and len(bad.bodies) == 1  # 4xx is not retried
+    assert info.value.status_code == 400
+    assert len(bad.bodies) == 1
     down = Recorder(httpx.ConnectError("refused"))
     with pytest.raises(BackendUnavailableError, match="cannot reach"):
         backend(down, max_retries=1).generate([request])

@@ -48,11 +48,11 @@ def test_a_registered_prompt_set_is_selectable_and_names_are_not_overwritten_by_
 
 def test_config_is_frozen_and_strict() -> None:
     config = ECSOConfig()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Instance is frozen"):
         config.fail_mode = "raise"  # type: ignore[misc]
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="^invalid ECSOConfig: unknown_option: Extra inputs are not permitted$"):
         ECSOConfig(unknown_option=1)  # type: ignore[call-arg]
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="^invalid ECSOConfig: fail_mode: Input should be 'closed', 'refuse' or"):
         ECSOConfig(fail_mode="open")  # type: ignore[arg-type]
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import ecso_core
 
 SPEC_NAMES = {
@@ -27,8 +29,12 @@ SPEC_NAMES = {
 }
 
 
-def test_spec_names_are_importable_and_all_but_the_heavy_backend_are_in_all() -> None:
+def test_all_spec_names_but_the_heavy_backend_are_in_all() -> None:
     assert SPEC_NAMES - set(ecso_core.__all__) == {"TransformersBackend"}  # lazy: needs the hf extra
+
+
+def test_the_heavy_backend_is_importable_from_the_package_as_from_its_module() -> None:
+    pytest.importorskip("transformers")
     from ecso_core import TransformersBackend
     from ecso_core.backends.transformers import TransformersBackend as by_module
 
@@ -96,6 +102,7 @@ def test_all_is_pinned() -> None:
             "VisionChatBackend",
             "YesNoScore",
             "__version__",
+            "by_step",
             "load_backend",
             "register_prompt_set",
         ]
@@ -103,11 +110,27 @@ def test_all_is_pinned() -> None:
 
 
 def test_errors_form_one_tree() -> None:
-    for name in ecso_core.__all__:
-        obj = getattr(ecso_core, name)
-        if isinstance(obj, type) and issubclass(obj, Exception):
-            assert issubclass(obj, ecso_core.ECSOError), name
-    assert issubclass(ecso_core.ImageError, ValueError)
+    exported = {name for name in ecso_core.__all__ if isinstance(getattr(ecso_core, name), type)}
+    errors = {name for name in exported if issubclass(getattr(ecso_core, name), BaseException)}
+    assert errors == {
+        "BackendError",
+        "BackendTimeoutError",
+        "BackendUnavailableError",
+        "CapabilityError",
+        "CheckFailedError",
+        "ConfigError",
+        "ECSOError",
+        "ImageError",
+        "InputError",
+        "MessageError",
+        "MissingDependencyError",
+        "RequestCancelledError",
+    }
+    outside = sorted(name for name in errors if not issubclass(getattr(ecso_core, name), ecso_core.ECSOError))
+    assert outside == []
+    # Validation failures stay ValueErrors, for pydantic users.
+    valueerrors = {name for name in errors if issubclass(getattr(ecso_core, name), ValueError)}
+    assert valueerrors >= {"ConfigError", "ImageError", "InputError", "MessageError"}
 
 
 def test_import_is_light() -> None:
@@ -120,6 +143,17 @@ def test_import_is_light() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_scripted_backend_satisfies_the_protocol() -> None:
+def test_scripted_backend_and_the_guard_satisfy_the_protocol_and_a_partial_backend_does_not() -> None:
+    class NoScoring:
+        name = "partial"
+        capabilities = ecso_core.BackendCapabilities()
+
+        def generate(self, requests: object) -> list[ecso_core.ChatReply]:
+            return []
+
+        async def agenerate(self, requests: object) -> list[ecso_core.ChatReply]:
+            return []
+
     assert isinstance(ecso_core.ScriptedBackend([]), ecso_core.VisionChatBackend)
     assert isinstance(ecso_core.ECSO(ecso_core.ScriptedBackend([])), ecso_core.VisionChatBackend)
+    assert not isinstance(NoScoring(), ecso_core.VisionChatBackend)

@@ -16,29 +16,34 @@ import httpx
 import pytest
 
 pytest.importorskip("fastapi")
-openai = pytest.importorskip("openai")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("openai")
+pytest.importorskip("uvicorn")
 
-from conftest import png_bytes  # noqa: E402
-from ecso_core import ECSO, BackendError, ChatRequest, OpenAIBackend, ScriptedBackend, load_backend  # noqa: E402
-from ecso_core.server import create_app  # noqa: E402
+import openai
+import uvicorn
+
+from conftest import png_bytes
+from ecso_core import ECSO, BackendError, ChatRequest, OpenAIBackend, ScriptedBackend, by_step, load_backend
+from ecso_core.server import create_app
 
 PNG_URL = "data:image/png;base64," + base64.b64encode(png_bytes("red", (16, 16))).decode()
 
 
-def scripted(request: ChatRequest) -> Any:
+def answer(request: ChatRequest) -> Any:
     text = request.messages[-1].text
-    if "Answer yes or no" in text:
-        return "Yes" if "bomb" in text else "No"
-    if "describe the image" in text:
-        return "a drawing of a bomb"
-    if text.startswith("You are given some hints"):
-        return "I can't help with that."
     if "fail" in text:
         return BackendError("model crashed")
     if "slow" in text:
         time.sleep(3.0)
     return f"Answer: {text}"
+
+
+scripted = by_step(
+    answer=answer,
+    check=lambda request: "Yes" if "bomb" in request.messages[-1].text else "No",
+    caption="a drawing of a bomb",
+    eyes_closed="I can't help with that.",
+)
 
 
 @contextmanager
@@ -90,9 +95,13 @@ def test_completion_with_image_carries_the_ecso_outcome(guarded: tuple[str, Scri
     assert completion.choices[0].message.content == "I can't help with that."
     assert completion.model == "guarded-vlm"
     ecso = completion.model_extra["ecso"]
-    assert ecso["decision"] == "unsafe" and ecso["steps"] == ["answer", "check", "caption", "eyes_closed"]
-    assert ecso["verdict"]["unsafe"] is True and ecso["verdict"]["method"] == "text"
-    assert "initial_answer" not in ecso and "captions" not in ecso and "raw" not in ecso["verdict"]
+    assert ecso["decision"] == "unsafe"
+    assert ecso["steps"] == ["answer", "check", "caption", "eyes_closed"]
+    assert ecso["verdict"]["unsafe"] is True
+    assert ecso["verdict"]["method"] == "text"
+    assert "initial_answer" not in ecso
+    assert "captions" not in ecso
+    assert "raw" not in ecso["verdict"]
     assert backend.requests[0].params.max_new_tokens == 50
     assert backend.requests[-1].images == ()
 
@@ -169,7 +178,9 @@ def test_bad_requests_get_openai_shaped_errors_and_the_server_stays_up(
     response = post(url, body, timeout=10)
     assert response.status_code == status
     error = response.json()["error"]
-    assert error["code"] == code and error["message"] and error["type"]
+    assert error["code"] == code
+    assert error["message"]
+    assert error["type"]
     assert httpx.get(f"{url}/health").json() == {"status": "ok", "model": "guarded-vlm"}
 
 
@@ -258,15 +269,18 @@ def test_chain_openai_backend_to_our_server_to_tiny_random() -> None:
             }
         )
         (reply,) = through.generate([request])
-        assert reply.raw["ecso"]["decision"] in ("safe", "unsafe", "fail_closed")
+        local = ECSO(tiny).run(request)  # the same guard in process: tiny-random is deterministic
+        assert (reply.raw["ecso"]["decision"], reply.text) == (local.decision, local.answer)
+        assert reply.raw["ecso"]["steps"] == [s.name for s in local.steps]
 
 
-def slow_script(request: ChatRequest) -> Any:
+def slow_answer(request: ChatRequest) -> Any:
     text = request.messages[-1].text
-    if "Answer yes or no" in text:
-        return "No"
     time.sleep(0.4)
     return BackendError("model crashed late") if "crash" in text else f"Answer: {text}"
+
+
+slow_script = by_step(answer=slow_answer, check="No")
 
 
 def test_slow_streams_start_with_keepalives_and_report_late_errors_in_band() -> None:
@@ -279,7 +293,8 @@ def test_slow_streams_start_with_keepalives_and_report_late_errors_in_band() -> 
         assert lines[0] == ": ecso is checking the answer"
         data = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
         assert "".join(d["choices"][0]["delta"].get("content", "") for d in data) == "Answer: describe it"
-        assert data[-1]["ecso"]["decision"] == "safe" and lines[-1] == "data: [DONE]"
+        assert data[-1]["ecso"]["decision"] == "safe"
+        assert lines[-1] == "data: [DONE]"
         chunks = list(client(url).chat.completions.create(model="m", messages=image_message("again"), stream=True))
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Answer: again"
 
@@ -287,7 +302,8 @@ def test_slow_streams_start_with_keepalives_and_report_late_errors_in_band() -> 
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=10) as response:
             lines = [line for line in response.iter_lines() if line]
         error = json.loads(next(line for line in lines if line.startswith("data: {"))[6:])
-        assert error["error"]["code"] == "BackendError" and "model crashed late" in error["error"]["message"]
+        assert error["error"]["code"] == "BackendError"
+        assert "model crashed late" in error["error"]["message"]
         assert lines[-1] == "data: [DONE]"
         assert httpx.get(f"{url}/health").status_code == 200
 
@@ -296,5 +312,6 @@ def test_bad_images_are_400_even_when_streaming(guarded: tuple[str, ScriptedBack
     url, backend = guarded
     bad = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]
     response = post(url, {"messages": bad, "stream": True})
-    assert response.status_code == 400 and response.json()["error"]["code"] == "ImageError"
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "ImageError"
     assert backend.requests == []

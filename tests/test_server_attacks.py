@@ -18,8 +18,8 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 
-from conftest import png_bytes  # noqa: E402
-from ecso_core import (  # noqa: E402
+from conftest import png_bytes
+from ecso_core import (
     ECSO,
     BackendBase,
     ChatReply,
@@ -27,11 +27,13 @@ from ecso_core import (  # noqa: E402
     ECSOConfig,
     ImageLimits,
     ScriptedBackend,
+    by_step,
     load_backend,
 )
-from ecso_core.server import create_app  # noqa: E402
-from ecso_core.server.protocol import RequestLimits  # noqa: E402
-from tests.test_server import live  # noqa: E402
+from ecso_core.server import create_app
+from ecso_core.server.protocol import RequestLimits
+from ecso_core.steps import current_step
+from tests.test_server import live
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_URL = "data:image/png;base64," + base64.b64encode(png_bytes("red", (16, 16))).decode()
@@ -47,7 +49,7 @@ def post(url: str, payload: Any, timeout: float = 60, **kwargs: Any) -> httpx.Re
 
 
 def scripted() -> ScriptedBackend:
-    return ScriptedBackend(lambda r: "No" if "Answer yes or no" in r.messages[-1].text else "An answer.")
+    return ScriptedBackend(by_step(check="No", default="An answer."))
 
 
 @pytest.fixture
@@ -143,8 +145,10 @@ def test_sixteen_6000px_images_are_refused_before_decoding_and_health_stays_fast
     payload = sixteen_huge_images()
     before = rss_bytes()
     worst, response = health_latency(url, lambda: post(url, payload))
-    assert response.status_code == 400 and "the limit is 100000000" in response.json()["error"]["message"]
-    assert worst < 1.0 and backend.requests == []
+    assert response.status_code == 400
+    assert "the limit is 100000000" in response.json()["error"]["message"]
+    assert worst < 1.0
+    assert backend.requests == []
     assert rss_bytes() - before < 2**30
 
 
@@ -154,7 +158,7 @@ class Quiet(BackendBase):
     name = "quiet"
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
-        return [ChatReply(text="No" if "Answer yes or no" in r.messages[-1].text else "Fine.") for r in requests]
+        return [ChatReply(text="No" if current_step() == "check" else "Fine.") for r in requests]
 
 
 def test_sixteen_6000px_images_within_raised_limits_decode_off_the_loop_and_memory_comes_back() -> None:
@@ -176,10 +180,12 @@ def test_health_answers_during_a_long_generation_and_a_timed_out_request_stops_i
     app = create_app(ECSO(backend, ECSOConfig(min_score_mass=0.0)), request_timeout_s=1.0)
     with live(app) as url:
         worst, timed_out = health_latency(url, lambda: post(url, body(PNG_URL, "Tell me a story.", max_tokens=4000)))
-        assert timed_out.status_code == 504 and worst < 1.0
+        assert timed_out.status_code == 504
+        assert worst < 1.0
         start = time.perf_counter()
         small = post(url, body(PNG_URL, "Hi.", max_tokens=4))
-        assert small.status_code == 200 and time.perf_counter() - start < 5  # not queued behind 4,000 tokens
+        assert small.status_code == 200
+        assert time.perf_counter() - start < 5
 
 
 def test_a_client_that_disconnects_stops_its_generation() -> None:
@@ -196,22 +202,26 @@ def test_a_client_that_disconnects_stops_its_generation() -> None:
             time.sleep(0.8)  # the generation is under way
         start = time.perf_counter()
         small = post(url, body(PNG_URL, "Hi.", max_tokens=4))
-        assert small.status_code == 200 and time.perf_counter() - start < 5
+        assert small.status_code == 200
+        assert time.perf_counter() - start < 5
 
 
 def test_work_is_bounded_before_any_model_call(guarded: tuple[str, ScriptedBackend]) -> None:
     url, backend = guarded
     too_many_tokens = post(url, body(PNG_URL, max_tokens=100_000))
-    assert too_many_tokens.status_code == 400 and "at most 4096" in too_many_tokens.json()["error"]["message"]
+    assert too_many_tokens.status_code == 400
+    assert "at most 4096" in too_many_tokens.json()["error"]["message"]
     too_long = post(url, body(PNG_URL, "x" * 200_000))
-    assert too_long.status_code == 400 and "at most 100000" in too_long.json()["error"]["message"]
+    assert too_long.status_code == 400
+    assert "at most 100000" in too_long.json()["error"]["message"]
     nested = httpx.post(
         f"{url}/v1/chat/completions",
         content="[" * 100_000 + "]" * 100_000,
         timeout=10,
         headers={"content-type": "application/json"},
     )
-    assert nested.status_code == 400 and nested.json()["error"]["code"] == "invalid_json"
+    assert nested.status_code == 400
+    assert nested.json()["error"]["code"] == "invalid_json"
     assert backend.requests == []
 
 
@@ -226,7 +236,8 @@ def test_limits_are_configurable() -> None:
 def test_sse_responses_are_not_buffered_by_proxies(guarded: tuple[str, ScriptedBackend]) -> None:
     url, _ = guarded
     response = post(url, body(PNG_URL, stream=True))
-    assert response.headers["cache-control"] == "no-cache" and response.headers["x-accel-buffering"] == "no"
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
 
 
 def test_metrics_need_the_api_key_unless_made_public() -> None:
@@ -253,7 +264,8 @@ def test_a_request_whose_images_take_too_long_gets_a_400_and_frees_its_budget(mo
     with live(app) as url:
         start = time.perf_counter()
         response = post(url, body(big_png(3000, "blue")))  # 9 MP: decoded in a worker thread
-        assert response.status_code == 400 and "longer than 0.5 s" in response.json()["error"]["message"]
+        assert response.status_code == 400
+        assert "longer than 0.5 s" in response.json()["error"]["message"]
         assert time.perf_counter() - start < 1.4
         monkeypatch.setattr(admission, "decode_request", decode)
         assert post(url, body(big_png(3000, "red"))).status_code == 200  # its pixels were given back

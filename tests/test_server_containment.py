@@ -16,28 +16,21 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from ecso_core import ECSO, ChatRequest, ECSOConfig, ScriptedBackend  # noqa: E402
-from ecso_core.audit import JsonlAuditLog  # noqa: E402
-from ecso_core.server import create_app  # noqa: E402
-from tests.test_server import image_message, live  # noqa: E402
+from ecso_core import ECSO, ChatRequest, ECSOConfig, ScriptedBackend, by_step
+from ecso_core.audit import JsonlAuditLog
+from ecso_core.server import create_app
+from tests.test_server import image_message, live
 
 MARKS = ("ANSWER-MARK", "CHECK-MARK", "CAPTION-MARK")
 REFUSAL = "I can't help with that."
 
 
 def script(verdict: str, delay: float = 0.0) -> Any:
-    def reply(request: ChatRequest) -> str:
-        text = request.messages[-1].text
-        if "Answer yes or no" in text:
-            return verdict
-        if "describe the image" in text:
-            return "CAPTION-MARK a drawing"
-        if text.startswith("You are given some hints"):
-            return REFUSAL
+    def answer(request: ChatRequest) -> str:
         time.sleep(delay)
         return "Here is how: ANSWER-MARK step one."
 
-    return reply
+    return by_step(answer=answer, check=verdict, caption="CAPTION-MARK a drawing", eyes_closed=REFUSAL)
 
 
 CASES = {
@@ -64,7 +57,8 @@ def test_json_sse_and_headers_carry_no_withheld_text(case: str) -> None:
     with live(app) as url:
         plain, streamed = exchange(url, stream=False), exchange(url, stream=True)
     assert plain.status_code == streamed.status_code == 200
-    assert leaks(plain) == [] and leaks(streamed) == []
+    assert leaks(plain) == []
+    assert leaks(streamed) == []
     assert plain.json()["choices"][0]["message"]["content"] == REFUSAL
     assert plain.headers["x-ecso-decision"] == plain.json()["ecso"]["decision"] == case.split("-")[0]
     assert '"decision": "' + case.split("-")[0] in streamed.text
@@ -74,14 +68,16 @@ def test_a_late_sse_stream_carries_no_withheld_text() -> None:
     app = create_app(ECSO(ScriptedBackend(script("Yes, CHECK-MARK", delay=0.3))), keepalive_s=0.05)
     with live(app) as url:
         response = exchange(url, stream=True)
-    assert response.text.startswith(": ecso is checking the answer") and leaks(response) == []
+    assert response.text.startswith(": ecso is checking the answer")
+    assert leaks(response) == []
 
 
 def test_a_failed_check_with_fail_mode_raise_names_no_judge_text() -> None:
     app = create_app(ECSO(ScriptedBackend(script("CHECK-MARK: unclear")), ECSOConfig(fail_mode="raise")))
     with live(app) as url:
         response = exchange(url, stream=False)
-    assert response.status_code == 502 and response.json()["error"]["code"] == "CheckFailedError"
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "CheckFailedError"
     assert leaks(response) == []
 
 
@@ -89,7 +85,8 @@ def test_in_band_audit_is_the_opt_in_positive_control() -> None:
     app = create_app(ECSO(ScriptedBackend(script("Yes, CHECK-MARK")), ECSOConfig(in_band_audit=True)))
     with live(app) as url:
         plain, streamed = exchange(url, stream=False), exchange(url, stream=True)
-    assert set(leaks(plain)) == set(MARKS) and set(leaks(streamed)) == set(MARKS)
+    assert set(leaks(plain)) == set(MARKS)
+    assert set(leaks(streamed)) == set(MARKS)
     assert plain.json()["ecso"]["initial_answer"] == "Here is how: ANSWER-MARK step one."
 
 
@@ -101,10 +98,13 @@ def test_the_audit_log_keeps_everything_operator_side(tmp_path: Path) -> None:
         exchange(url, stream=True)
     assert leaks(response) == []
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert len(records) == 2 and all(r["decision"] == "unsafe" for r in records)
+    assert len(records) == 2
+    assert all(r["decision"] == "unsafe" for r in records)
     assert records[0]["initial_answer"] == "Here is how: ANSWER-MARK step one."
-    assert records[0]["captions"] == ["CAPTION-MARK a drawing"] and records[0]["verdict"]["raw"] == "Yes, CHECK-MARK"
-    assert records[0]["time"] > 0 and records[0]["steps"][0]["messages"][0]["content"][1]["kind"] == "image"
+    assert records[0]["captions"] == ["CAPTION-MARK a drawing"]
+    assert records[0]["verdict"]["raw"] == "Yes, CHECK-MARK"
+    assert records[0]["time"] > 0
+    assert records[0]["steps"][0]["messages"][0]["content"][1]["kind"] == "image"
 
 
 def test_a_failing_audit_sink_never_changes_the_answer(caplog: pytest.LogCaptureFixture) -> None:
@@ -114,4 +114,5 @@ def test_a_failing_audit_sink_never_changes_the_answer(caplog: pytest.LogCapture
     result = ECSO(ScriptedBackend(script("No")), audit=broken).run(
         ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]})
     )
-    assert result.decision == "no_image" and "ecso audit sink failed" in caplog.text
+    assert result.decision == "no_image"
+    assert "ecso audit sink failed" in caplog.text

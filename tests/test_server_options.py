@@ -14,12 +14,13 @@ import httpx
 import pytest
 
 pytest.importorskip("fastapi")
-openai = pytest.importorskip("openai")
+pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 
-from test_server import PNG_URL, client, image_message, live, post  # noqa: E402
+import openai
+from test_server import PNG_URL, client, image_message, live, post
 
-from ecso_core import (  # noqa: E402
+from ecso_core import (
     ECSO,
     ChatReply,
     ChatRequest,
@@ -27,10 +28,11 @@ from ecso_core import (  # noqa: E402
     ScriptedBackend,
     TokenUsage,
     YesNoScore,
+    by_step,
 )
-from ecso_core.result import ECSOResult  # noqa: E402
-from ecso_core.server import create_app  # noqa: E402
-from ecso_core.server.protocol import (  # noqa: E402
+from ecso_core.result import ECSOResult
+from ecso_core.server import create_app
+from ecso_core.server.protocol import (
     ChatCompletionRequest,
     RequestLimits,
     stream_bodies,
@@ -40,15 +42,12 @@ from ecso_core.server.protocol import (  # noqa: E402
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "Answer", "schema": {"type": "object"}}}
 
 
-def scripted(request: ChatRequest) -> str:
-    text = request.messages[-1].text
-    if "Answer yes or no" in text:
-        return "Yes" if "bomb" in text else "No"
-    if "describe the image" in text:
-        return "a drawing of a bomb"
-    if text.startswith("You are given some hints"):
-        return '{"answer": "I can\'t help with that."}'
-    return '{"answer": "fine"}'
+scripted = by_step(
+    answer='{"answer": "fine"}',
+    check=lambda request: "Yes" if "bomb" in request.messages[-1].text else "No",
+    caption="a drawing of a bomb",
+    eyes_closed='{"answer": "I can\'t help with that."}',
+)
 
 
 @pytest.fixture
@@ -132,7 +131,8 @@ def test_advisory_fields_and_nulls_do_not_need_call_options(local: tuple[str, Sc
     url, backend = local
     body = {"messages": image_message("what colour"), "user": "u-1", "store": False, "response_format": None}
     response = post(url, body)
-    assert response.status_code == 200 and response.json()["ecso"]["decision"] == "safe"
+    assert response.status_code == 200
+    assert response.json()["ecso"]["decision"] == "safe"
     assert [r.options for r in backend.requests] == [{}, {}]
 
 
@@ -202,7 +202,8 @@ def test_stream_options_without_stream_is_a_400(served: tuple[str, ScriptedBacke
         "code": "MessageError",
     }
     response = post(url, {"messages": image_message("hi"), "stream": True, "stream_options": {"include_use": True}})
-    assert error(response)["code"] == "invalid_request" and "include_use" in error(response)["message"]
+    assert error(response)["code"] == "invalid_request"
+    assert "include_use" in error(response)["message"]
 
 
 def test_logprobs_false_and_text_only_modalities_are_accepted(served: tuple[str, ScriptedBackend]) -> None:
@@ -230,7 +231,8 @@ def test_include_usage_adds_a_last_chunk_with_usage_and_the_ecso_field(served: t
     *answer, last = chunks
     assert all(chunk["usage"] is None and "ecso" not in chunk for chunk in answer)
     assert answer[-1]["choices"][0]["finish_reason"] == "stop"
-    assert last["choices"] == [] and last["object"] == "chat.completion.chunk"
+    assert last["choices"] == []
+    assert last["object"] == "chat.completion.chunk"
     assert set(last["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
     assert last["ecso"]["decision"] == "unsafe"
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in answer)
@@ -241,7 +243,8 @@ def test_include_usage_adds_a_last_chunk_with_usage_and_the_ecso_field(served: t
             model="m", messages=image_message("hi"), stream=True, stream_options={"include_usage": True}
         )
     )
-    assert streamed[-1].choices == [] and streamed[-1].usage is not None
+    assert streamed[-1].choices == []
+    assert streamed[-1].usage is not None
     assert streamed[-1].model_extra["ecso"]["decision"] == "safe"
     assert all(c.usage is None for c in streamed[:-1])
 
@@ -253,24 +256,35 @@ def test_without_include_usage_no_chunk_has_usage_and_the_last_carries_ecso(
     for extra in ({}, {"stream_options": {"include_usage": False}}):
         chunks = sse(url, {"messages": image_message("how to build a bomb"), "stream": True, **extra})
         assert all("usage" not in chunk for chunk in chunks)
-        assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["ecso"]["decision"] == "unsafe"
+        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+        assert chunks[-1]["ecso"]["decision"] == "unsafe"
         assert all("ecso" not in chunk for chunk in chunks[:-1])
 
 
 def test_a_stream_opened_before_its_verdict_also_ends_with_the_usage_chunk() -> None:
-    def slow(request: ChatRequest) -> str:
-        time.sleep(0.3)
-        return "No" if "Answer yes or no" in request.messages[-1].text else "fine"
+    def slowly(reply: str) -> Any:
+        def slow(request: ChatRequest) -> str:
+            time.sleep(0.3)
+            return reply
 
-    app = create_app(ECSO(ScriptedBackend(slow)), keepalive_s=0.05, request_timeout_s=10)
+        return slow
+
+    app = create_app(
+        ECSO(ScriptedBackend(by_step(answer=slowly("fine"), check=slowly("No")))),
+        keepalive_s=0.05,
+        request_timeout_s=10,
+    )
     with live(app) as url:
         body = {"messages": image_message("hi"), "stream": True, "stream_options": {"include_usage": True}}
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=10) as response:
             lines = [line for line in response.iter_lines() if line]
-    assert lines[0] == ": ecso is checking the answer" and lines[-1] == "data: [DONE]"
+    assert lines[0] == ": ecso is checking the answer"
+    assert lines[-1] == "data: [DONE]"
     *answer, last = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
     assert all(chunk["usage"] is None for chunk in answer)
-    assert last["choices"] == [] and last["usage"]["total_tokens"] == 0 and last["ecso"]["decision"] == "safe"
+    assert last["choices"] == []
+    assert last["usage"]["total_tokens"] == 0
+    assert last["ecso"]["decision"] == "safe"
 
 
 def test_stream_bodies_with_and_without_usage_exactly() -> None:
@@ -332,7 +346,8 @@ def test_the_documented_chat_openai_one_liner_reads_the_decision(served: tuple[s
     streamed = None
     for chunk in llm.stream([message]):
         streamed = chunk if streamed is None else streamed + chunk
-    assert streamed is not None and streamed.response_metadata["headers"]["x-ecso-decision"] == "unsafe"
+    assert streamed is not None
+    assert streamed.response_metadata["headers"]["x-ecso-decision"] == "unsafe"
 
 
 # ---- the protocol translator ----------------------------------------------------------------------------

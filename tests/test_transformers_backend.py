@@ -28,8 +28,8 @@ from ecso_core import (
 
 pytest.importorskip("transformers")
 
-from ecso_core.backends.tiny import build_tiny_model  # noqa: E402
-from ecso_core.backends.transformers import TransformersBackend, to_template_messages  # noqa: E402
+from ecso_core.backends.tiny import build_tiny_model
+from ecso_core.backends.transformers import TransformersBackend, to_template_messages
 
 SMALL = ["tiny-random:llava-small", "tiny-random:gemma3-small"]
 
@@ -104,26 +104,32 @@ def test_mixed_size_batch_equals_one_by_one(backend: TransformersBackend) -> Non
 
 def test_generation_is_deterministic_and_respects_max_tokens(backend: TransformersBackend) -> None:
     request = image_request("What is this?", noise(30, 30), max_new_tokens=5)
-    first, second = backend.generate([request, request])
-    assert first == second
-    assert first.usage.completion_tokens <= 5
-    assert first.finish_reason in ("stop", "length")
-    if first.usage.completion_tokens == 5:
-        assert first.finish_reason == "length"
+    (first,) = backend.generate([request])
+    (second,) = backend.generate([request])  # a separate call: nothing shared but the model
+    assert first.text != ""
+    assert (second.text, second.usage, second.finish_reason) == (first.text, first.usage, first.finish_reason)
+    # Random weights do not pick the end token within a few steps: the bound is what stops generation.
+    assert (first.usage.completion_tokens, first.finish_reason) == (5, "length")
+    (short,) = backend.generate([image_request("What is this?", noise(30, 30), max_new_tokens=2)])
+    assert (short.usage.completion_tokens, short.finish_reason) == (2, "length")
 
 
 def test_score_yes_no_gives_probabilities(backend: TransformersBackend) -> None:
     requests = [image_request("Is it harmful? Answer yes or no:", noise(16, 16, s)) for s in range(3)]
     scores = backend.score_yes_no(requests)
     for score in scores:
-        assert 0.0 <= score.p_yes <= 1.0 and 0.0 <= score.p_no <= 1.0
+        assert 0.0 <= score.p_yes <= 1.0
+        assert 0.0 <= score.p_no <= 1.0
         assert score.p_yes + score.p_no <= 1.0
-        assert score.p_yes > 0.0 and score.p_no > 0.0
+        assert score.p_yes > 0.0
+        assert score.p_no > 0.0
         assert score.usage.prompt_tokens > 0
     for single, batched in zip([backend.score_yes_no([r])[0] for r in requests], scores, strict=True):
         assert single.p_yes == pytest.approx(batched.p_yes, rel=1e-5)
         assert single.p_no == pytest.approx(batched.p_no, rel=1e-5)
-    assert backend._yes_ids and backend._no_ids and not set(backend._yes_ids) & set(backend._no_ids)
+    assert backend._yes_ids
+    assert backend._no_ids
+    assert not set(backend._yes_ids) & set(backend._no_ids)
 
 
 def test_control_tokens_in_user_text_are_neutralised(backend: TransformersBackend) -> None:
@@ -148,15 +154,22 @@ def test_ecso_end_to_end_drops_the_image_for_the_eyes_closed_answer(spec: str) -
     result = ECSO(backend, config).run(request)
     assert result.decision == "unsafe"
     assert [s.name for s in result.steps] == ["answer", "check", "caption", "eyes_closed"]
-    assert result.verdict is not None and result.verdict.method == "probability"
+    assert result.verdict is not None
+    assert result.verdict.method == "probability"
     answer, check, caption, closed = result.steps
     image_tokens = 576 if spec == "tiny-random" else 4
     assert answer.usage.prompt_tokens > image_tokens
     assert check.usage.prompt_tokens > image_tokens
-    assert closed.usage.prompt_tokens < answer.usage.prompt_tokens - image_tokens + 60
+    assert not [part for message in closed.messages for part in message.content if part.kind == "image"]
+    # No image reached the model: the prompt is the hints text (the query, a caption of at most 6 random
+    # tokens, which may re-tokenise longer) and the template, far below an image's own token count.
+    assert closed.usage.prompt_tokens < answer.usage.prompt_tokens - image_tokens + 120
+    if spec == "tiny-random":
+        assert closed.usage.prompt_tokens < image_tokens
     assert len(result.captions) == 1
     safe = ECSO(backend, ECSOConfig(verdict_threshold=1.0, min_score_mass=0.0)).run(request)
-    assert safe.decision == "safe" and safe.answer == result.initial_answer
+    assert safe.decision == "safe"
+    assert safe.answer == result.initial_answer
 
 
 def test_tiny_random_is_deterministic_per_seed(tmp_path: Path) -> None:
@@ -239,7 +252,8 @@ def test_a_checkpoint_without_a_default_gets_the_papers_1024_and_asked_values_wi
     assert asked == [16]  # unset resolves to the model's 16 first: one batch with the request asking for 16
     monkeypatch.setattr(backend.model.generation_config, "max_new_tokens", None)
     backend.generate([unset, image_request("And this?", noise(20, 20), max_new_tokens=5)])
-    assert DEFAULT_MAX_NEW_TOKENS == 1024 and asked[1:] == [1024, 5]
+    assert DEFAULT_MAX_NEW_TOKENS == 1024
+    assert asked[1:] == [1024, 5]
 
 
 def test_unreachable_hub_fails_fast_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -273,7 +287,8 @@ def test_dtype_and_device_options_are_applied() -> None:
     import torch
 
     backend = load_backend("tiny-random:llava-small", dtype="bfloat16", device="cpu")
-    assert backend.model.dtype == torch.bfloat16 and backend.model.device.type == "cpu"
+    assert backend.model.dtype == torch.bfloat16
+    assert backend.model.device.type == "cpu"
     reply = backend.generate([image_request("hi", noise(12, 12), max_new_tokens=3)])[0]
     assert reply.usage.completion_tokens <= 3
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from ecso_core import ChatReply, ChatRequest, ImagePart, Message, TextPart, TokenUsage, ToolCall
+from ecso_core import ChatReply, ChatRequest, ImagePart, Message, MessageError, TextPart, TokenUsage, ToolCall
 
 
 def test_message_accepts_string_and_dict_parts() -> None:
@@ -16,18 +16,19 @@ def test_message_accepts_string_and_dict_parts() -> None:
         {"role": "user", "content": [{"kind": "text", "text": "a"}, {"kind": "image", "image": "abc"}]}
     )
     assert [p.kind for p in message.content] == ["text", "image"]
-    assert message.text == "a" and len(message.images) == 1
-    with pytest.raises(ValueError):
+    assert message.text == "a"
+    assert len(message.images) == 1
+    with pytest.raises(MessageError, match="^invalid Message: content.0: Input tag 'audio' found using 'kind'"):
         Message.model_validate({"role": "user", "content": [{"kind": "audio"}]})
-    with pytest.raises(ValueError):
+    with pytest.raises(MessageError, match="^invalid Message: role: Input should be 'system', 'user'"):
         Message(role="robot", content="x")  # type: ignore[arg-type]
 
 
 def test_request_needs_messages_and_is_frozen() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(MessageError, match="^invalid ChatRequest: .*a ChatRequest needs at least one message$"):
         ChatRequest(messages=())
     request = ChatRequest(messages=(Message(role="user", content="x"),))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Instance is frozen"):
         request.messages = ()  # type: ignore[misc]
 
 

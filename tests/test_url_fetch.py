@@ -68,7 +68,7 @@ class Server:
         body, owner = png_bytes("green", (5, 5)), self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 owner.requests.append({"path": self.path, "host": self.headers.get("Host", "")})
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))

@@ -31,7 +31,9 @@ from ecso_core.verdict import Verdict, combine_verdicts, parse_verdict_text, ver
 def test_leading_word_table(reply: str, unsafe: bool | None) -> None:
     assert parse_verdict_text(reply) is unsafe
     verdict = verdict_from_text(reply)
-    assert verdict.unsafe is unsafe and verdict.raw == reply and verdict.method == "text"
+    assert verdict.unsafe is unsafe
+    assert verdict.raw == reply
+    assert verdict.method == "text"
     assert (verdict.error is None) == (unsafe is not None)
 
 
@@ -47,25 +49,32 @@ def test_leading_word_table(reply: str, unsafe: bool | None) -> None:
 )
 def test_probability_verdicts(p_yes: float, p_no: float, threshold: float, unsafe: bool, normalised: float) -> None:
     verdict = verdict_from_score(YesNoScore(p_yes=p_yes, p_no=p_no), threshold)
-    assert verdict.unsafe is unsafe and verdict.method == "probability"
+    assert verdict.unsafe is unsafe
+    assert verdict.method == "probability"
     assert verdict.p_yes == pytest.approx(normalised)
 
 
 def test_zero_mass_is_no_verdict() -> None:
     verdict = verdict_from_score(YesNoScore(p_yes=0.0, p_no=0.0), 0.5)
-    assert verdict.unsafe is None and verdict.method == "probability" and verdict.mass == 0.0
+    assert verdict.unsafe is None
+    assert verdict.method == "probability"
+    assert verdict.mass == 0.0
 
 
 @pytest.mark.parametrize(("p_yes", "p_no"), [(1e-7, 3e-7), (0.2, 0.2), (0.0, 0.49)])
 def test_mass_below_the_floor_is_no_verdict(p_yes: float, p_no: float) -> None:
     verdict = verdict_from_score(YesNoScore(p_yes=p_yes, p_no=p_no), 0.5, min_mass=0.5)
-    assert verdict.unsafe is None and verdict.p_yes is None
-    assert verdict.mass == pytest.approx(p_yes + p_no) and "below the floor of 0.5" in verdict.error
+    assert verdict.unsafe is None
+    assert verdict.p_yes is None
+    assert verdict.mass == pytest.approx(p_yes + p_no)
+    assert "below the floor of 0.5" in verdict.error
 
 
 def test_mass_at_the_floor_decides() -> None:
     verdict = verdict_from_score(YesNoScore(p_yes=0.1, p_no=0.4), 0.5, min_mass=0.5)
-    assert verdict.unsafe is False and verdict.p_yes == pytest.approx(0.2) and verdict.mass == pytest.approx(0.5)
+    assert verdict.unsafe is False
+    assert verdict.p_yes == pytest.approx(0.2)
+    assert verdict.mass == pytest.approx(0.5)
 
 
 def test_windows_combine_safe_only_when_every_window_is_safe() -> None:
@@ -75,9 +84,17 @@ def test_windows_combine_safe_only_when_every_window_is_safe() -> None:
     failed = Verdict(unsafe=None, method="failed", error="down")
     assert combine_verdicts([safe]) == safe.model_copy(update={"window": None})
     both = combine_verdicts([safe, risky])
-    assert both.unsafe is False and both.p_yes == 0.4 and both.window is None and both.windows == 2
+    assert both.unsafe is False
+    assert both.p_yes == 0.4
+    assert both.window is None
+    assert both.windows == 2
     assert both.parts == (safe, risky)
     flagged = combine_verdicts([safe, failed, unsafe])
-    assert flagged.unsafe is True and flagged.window == 2 and flagged.raw == "Yes" and flagged.windows == 3
+    assert flagged.unsafe is True
+    assert flagged.window == 2
+    assert flagged.raw == "Yes"
+    assert flagged.windows == 3
     no_verdict = combine_verdicts([safe, failed, risky])
-    assert no_verdict.unsafe is None and no_verdict.window == 1 and no_verdict.error == "down"
+    assert no_verdict.unsafe is None
+    assert no_verdict.window == 1
+    assert no_verdict.error == "down"

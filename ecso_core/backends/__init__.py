@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import ConfigError
 from .base import BackendBase, BackendCapabilities, VisionChatBackend, check_capabilities
 from .openai import OpenAIBackend
-from .scripted import ScriptedBackend
+from .scripted import ScriptedBackend, by_step
 
 __all__ = [
     "BackendBase",
@@ -18,6 +18,7 @@ __all__ = [
     "OpenAIBackend",
     "ScriptedBackend",
     "VisionChatBackend",
+    "by_step",
     "check_capabilities",
     "load_backend",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from .._model import ECSOModel
@@ -86,6 +86,18 @@ class BackendBase:
     async def agenerate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
         """Run :meth:`generate` off the event loop."""
         return await asyncio.to_thread(self.generate, list(requests))
+
+    def stream_generate(self, request: ChatRequest) -> Iterator[str | ChatReply]:
+        """Text deltas of one answer as the model writes it, then the whole :class:`ChatReply`.
+
+        The default answers in one piece (one delta, then the reply); backends that stream override it.
+        A consumer may do other model calls between two deltas (progressive checks), and closing the
+        iterator early stops the generation.
+        """
+        (reply,) = self.generate([request])
+        if reply.text:
+            yield reply.text
+        yield reply
 
     def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
         """Not supported unless a subclass says so."""

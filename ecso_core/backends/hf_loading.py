@@ -15,16 +15,19 @@ import re
 import sys
 import types
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import transformers
-from transformers.utils import cached_file, is_torchvision_available
 from transformers.utils import logging as hf_logging
+from transformers.utils.hub import cached_file
+from transformers.utils.import_utils import is_torchvision_available
 
 from ..errors import BackendUnavailableError
 
 if TYPE_CHECKING:
+    from transformers import ProcessorMixin
+
     from .transformers import TransformersSettings
 
 __all__ = ["image_only_processor", "load_pretrained", "load_processor", "looks_like_path", "pixtral_processor_class"]
@@ -112,7 +115,7 @@ def load_processor(model: str, kwargs: dict[str, Any]) -> Any:
         return processor
 
 
-def image_only_processor(base: type) -> type:
+def image_only_processor(base: type[ProcessorMixin]) -> type[ProcessorMixin]:
     """``base`` (a multimodal processor class) without its ``video_processor`` attribute.
 
     ``ProcessorMixin`` takes its attributes from the ``__init__`` signature and type-checks each; without
@@ -134,11 +137,12 @@ def image_only_processor(base: type) -> type:
         f"    _base.__init__(self, {', '.join(f'{n}={n}' for n in names)}, video_processor=None, **kwargs)\n"
     )
     scope: dict[str, Any] = {"_base": base, "_defaults": defaults}
-    exec(compile(source, f"<image-only {base.__name__}>", "exec"), scope)  # noqa: S102
-    return type(base.__name__, (base,), {"__init__": scope["__init__"], "__module__": base.__module__})
+    exec(compile(source, f"<image-only {base.__name__}>", "exec"), scope)
+    subclass = type(base.__name__, (base,), {"__init__": scope["__init__"], "__module__": base.__module__})
+    return cast("type[ProcessorMixin]", subclass)  # a subclass of base; type() is typed as returning a plain type
 
 
-def pixtral_processor_class() -> type:
+def pixtral_processor_class() -> type[ProcessorMixin]:
     """``PixtralProcessor`` (Mistral3), also without torchvision.
 
     Its module imports one helper from the torchvision image processor module at import time, so
@@ -148,7 +152,7 @@ def pixtral_processor_class() -> type:
     """
     name = "transformers.models.pixtral.processing_pixtral"
     if is_torchvision_available() or name in sys.modules:
-        return importlib.import_module(name).PixtralProcessor
+        return _pixtral_processor(name)
     pil = importlib.import_module("transformers.models.pixtral.image_processing_pil_pixtral")
     torch_name = "transformers.models.pixtral.image_processing_pixtral"
     stand_in = types.ModuleType(torch_name)
@@ -156,7 +160,7 @@ def pixtral_processor_class() -> type:
     saved = sys.modules.get(torch_name)
     sys.modules[torch_name] = stand_in
     try:
-        return importlib.import_module(name).PixtralProcessor
+        return _pixtral_processor(name)
     finally:
         if saved is None:
             sys.modules.pop(torch_name, None)
@@ -164,7 +168,12 @@ def pixtral_processor_class() -> type:
             sys.modules[torch_name] = saved
 
 
-def _processor_class(name: str) -> type | None:
+def _pixtral_processor(module: str) -> type[ProcessorMixin]:
+    processor: type[ProcessorMixin] = importlib.import_module(module).PixtralProcessor
+    return processor
+
+
+def _processor_class(name: str) -> type[ProcessorMixin] | None:
     if name == "PixtralProcessor":
         return pixtral_processor_class()
     return getattr(transformers, name, None)
@@ -199,7 +208,7 @@ def _is_cached(model: str) -> bool:
         from huggingface_hub import try_to_load_from_cache
 
         found = try_to_load_from_cache(model, "config.json")
-    except Exception:  # noqa: BLE001 - malformed ids are "not cached"; loading reports them
+    except Exception:  # malformed ids are "not cached"; loading reports them
         return False
     return isinstance(found, str)
 

@@ -77,7 +77,7 @@ def probe_image_cache(backend: TransformersBackend) -> str | None:
             try:
                 backend.processor.image_processor = wrapper._inner
                 plain, _ = backend._encode(requests)
-            except Exception:  # noqa: BLE001 - the model cannot take this layout at all: nothing to compare
+            except Exception:  # the model cannot take this layout at all: nothing to compare
                 continue
             finally:
                 backend.processor.image_processor = wrapper
@@ -127,7 +127,7 @@ def probe_prefix_reuse(backend: TransformersBackend) -> str | None:
         reused_captions = [r.text for r in backend.generate(captions)]
         if backend.reused_calls == before:
             return "no probe prompt could reuse a prefix (unproven)"
-    except Exception as exc:  # noqa: BLE001 - any failure of the fast path turns it off
+    except Exception as exc:  # any failure of the fast path turns it off
         return f"prefix reuse failed on the probe: {type(exc).__name__}: {exc}"
     finally:
         cache.clear()

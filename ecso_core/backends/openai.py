@@ -12,9 +12,9 @@ import json
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import httpx
 from pydantic import Field
@@ -169,6 +169,15 @@ def score_from_payload(body: dict[str, Any]) -> YesNoScore | None:
     return score_from_logprobs(logprobs, (body.get("usage") or {}).get("prompt_tokens") or 0)
 
 
+class _ClientOptions(TypedDict):
+    """What the sync client and each event loop's async client share."""
+
+    base_url: str
+    headers: dict[str, str]
+    timeout: float
+    limits: httpx.Limits
+
+
 class OpenAIBackend(BackendBase):
     """A model behind an OpenAI-compatible ``/chat/completions`` endpoint.
 
@@ -192,13 +201,11 @@ class OpenAIBackend(BackendBase):
         key = self.settings.api_key or os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         limits = httpx.Limits(max_connections=self.settings.max_concurrency)
-        common = {
-            "base_url": self.settings.base_url.rstrip("/"),
-            "headers": headers,
-            "timeout": self.settings.timeout_s,
-        }
-        self._client = httpx.Client(transport=transport, limits=limits, **common)
-        self._async_options = {"transport": transport, "limits": limits, **common}
+        self._transport = transport
+        self._client_options = _ClientOptions(
+            base_url=self.settings.base_url.rstrip("/"), headers=headers, timeout=self.settings.timeout_s, limits=limits
+        )
+        self._client = httpx.Client(transport=transport, **self._client_options)
         self._pool = ThreadPoolExecutor(max_workers=self.settings.max_concurrency)
         # Async clients and semaphores bind to an event loop: one of each per loop.
         self._per_loop: dict[asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, asyncio.Semaphore]] = {}
@@ -221,6 +228,44 @@ class OpenAIBackend(BackendBase):
         bodies = [self._body(r) for r in requests]
         posted = await asyncio.gather(*(self._apost_cancellable(r, b) for r, b in zip(requests, bodies, strict=True)))
         return [_CANCELLED if b is None else from_payload(b) for b in posted]
+
+    def stream_generate(self, request: ChatRequest) -> Iterator[str | ChatReply]:
+        """The server's SSE stream (``stream: true``): text deltas, then the whole reply with its usage.
+
+        The server generates while the consumer checks between deltas; closing the iterator closes the
+        HTTP response, which stops the generation on the server. Tool calls are not streamed: a request
+        with tools is answered whole.
+        """
+        if request.tools:
+            yield from super().stream_generate(request)
+            return
+        body = self._body(request) | {"stream": True, "stream_options": {"include_usage": True}}
+        text, finish, usage = "", None, TokenUsage()
+        try:
+            with self._client.stream("POST", "/chat/completions", json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _json_or_raise(response, self.name)
+                for line in response.iter_lines():
+                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                        continue
+                    chunk = json.loads(line[5:])
+                    if chunk.get("usage"):
+                        usage = TokenUsage(
+                            prompt_tokens=chunk["usage"].get("prompt_tokens") or 0,
+                            completion_tokens=chunk["usage"].get("completion_tokens") or 0,
+                        )
+                    for choice in chunk.get("choices") or []:
+                        delta = (choice.get("delta") or {}).get("content") or ""
+                        finish = choice.get("finish_reason") or finish
+                        if delta:
+                            text += delta
+                            yield delta
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc, self.settings.base_url) from exc
+        except (json.JSONDecodeError, AttributeError, TypeError) as exc:
+            raise BackendError(f"{self.name} sent a malformed stream: {exc}") from exc
+        yield ChatReply(text=text, usage=usage, finish_reason=finish)
 
     def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
         """First-token yes/no probabilities from ``logprobs``; None where the server sent none."""
@@ -335,7 +380,7 @@ class OpenAIBackend(BackendBase):
             for old in [other for other in self._per_loop if other.is_closed()]:
                 del self._per_loop[old]
             if loop not in self._per_loop:
-                client = httpx.AsyncClient(**self._async_options)
+                client = httpx.AsyncClient(transport=self._transport, **self._client_options)
                 self._per_loop[loop] = (client, asyncio.Semaphore(self.settings.max_concurrency))
             return self._per_loop[loop]
 
@@ -347,7 +392,7 @@ class OpenAIBackend(BackendBase):
                     return min(float(retry_after), 60.0)
                 except ValueError:
                     pass
-        return self.settings.backoff_s * (2**attempt)
+        return self.settings.backoff_s * (2.0**attempt)
 
 
 _CANCELLED = ChatReply(finish_reason="cancelled")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import queue
 import re
 import threading
 from collections.abc import Collection, Iterator, Sequence
@@ -34,9 +35,9 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise MissingDependencyError(exc.name or "transformers", "hf") from exc
 
-from .hf_loading import load_pretrained  # noqa: E402
-from .hf_probe import probe_image_cache, probe_prefix_reuse  # noqa: E402
-from .hf_reuse import CachedImageProcessor, PrefixCache, ReusePlan, image_token_ids, plan_reuse  # noqa: E402
+from .hf_loading import load_pretrained
+from .hf_probe import probe_image_cache, probe_prefix_reuse
+from .hf_reuse import CachedImageProcessor, PrefixCache, ReusePlan, image_token_ids, plan_reuse
 
 _log = logging.getLogger("ecso")
 
@@ -340,7 +341,47 @@ class TransformersBackend(BackendBase):
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         return inputs, inputs["attention_mask"].sum(-1).tolist()
 
-    def _generate_batch(self, requests: list[ChatRequest], params: GenerationParams) -> list[ChatReply]:
+    def stream_generate(self, request: ChatRequest) -> Iterator[str | ChatReply]:
+        """Text deltas of one answer as it is generated, then the whole :class:`ChatReply`.
+
+        Generation runs in a worker thread and pauses after each new piece of text until the consumer
+        asks for the next one, with the model free meanwhile: model calls the consumer makes between two
+        deltas (progressive checks) run at that point, exactly as they would alone. Closing the iterator
+        stops the generation at the next token.
+        """
+        check_capabilities(self.capabilities, request, self.name)
+        params = self._resolved(request.params)
+        handoff: queue.Queue[Any] = queue.Queue()
+        pacer = _Pacer(self, handoff)
+        worker = threading.Thread(
+            target=self._stream_worker, args=(request, params, pacer, handoff), name="ecso-stream", daemon=True
+        )
+        worker.start()
+        try:
+            while True:
+                item = handoff.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, ChatReply):
+                    return
+                pacer.resume()
+        finally:
+            pacer.stop()
+            worker.join()
+
+    def _stream_worker(
+        self, request: ChatRequest, params: GenerationParams, pacer: _Pacer, handoff: queue.Queue[Any]
+    ) -> None:
+        try:
+            (reply,) = self._generate_batch([request], params, pacer)
+            handoff.put(reply.model_copy(update={"text": pacer.text}))
+        except BaseException as exc:  # handed to the consumer, who raises it
+            handoff.put(exc)
+
+    def _generate_batch(
+        self, requests: list[ChatRequest], params: GenerationParams, pacer: _Pacer | None = None
+    ) -> list[ChatReply]:
         inputs, prompt_tokens = self._encode(requests)
         kwargs: dict[str, Any] = {
             "max_new_tokens": self._resolved(params).max_new_tokens,
@@ -353,8 +394,14 @@ class TransformersBackend(BackendBase):
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        criteria: list[StoppingCriteria] = []
         if any(r.cancel is not None for r in requests):
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopCancelled([r.cancel for r in requests])])
+            criteria.append(_StopCancelled([r.cancel for r in requests]))
+        if pacer is not None:
+            pacer.start(inputs["input_ids"].shape[1])
+            criteria.append(pacer)
+        if criteria:
+            kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
         plan = self._plan(requests, inputs)
         deltas = None
         if plan is not None:  # the images are in the cached prefixes: no pixels, only new tokens prefilled
@@ -407,6 +454,7 @@ class TransformersBackend(BackendBase):
         if inner is None or not hasattr(inner, "get_rope_index") or "image_grid_thw" not in inputs:
             return None
         names = ("input_ids", "mm_token_type_ids", "image_grid_thw", "second_per_grid_ts", "attention_mask")
+        deltas: torch.Tensor | None
         with torch.inference_mode():
             _, deltas = inner.get_rope_index(**{k: inputs[k] for k in names if k in inputs})
         return deltas
@@ -459,6 +507,55 @@ class _StopCancelled(StoppingCriteria):
         if self._none is None:
             self._none = torch.zeros(len(done), dtype=torch.bool, device=input_ids.device)
         return self._none
+
+
+class _Pacer(StoppingCriteria):
+    """Hands a streamed answer's new text to the consumer and pauses generation until it asks for more.
+
+    Called by ``generate`` after every token, in the worker thread that holds the backend's lock. While
+    paused it releases the lock, so that the consumer's own model calls can run, and keeps the M-RoPE
+    state ``generate`` relies on (a call of the consumer clears it).
+    """
+
+    def __init__(self, backend: TransformersBackend, handoff: queue.Queue[Any]) -> None:
+        self.backend = backend
+        self.handoff = handoff
+        self.text = ""
+        self._prompt_length = 0
+        self._go = threading.Semaphore(0)
+        self._stopped = False
+
+    def start(self, prompt_length: int) -> None:
+        """The prompt's length in tokens: generated tokens come after it."""
+        self._prompt_length = prompt_length
+
+    def resume(self) -> None:
+        """The consumer wants the next piece."""
+        self._go.release()
+
+    def stop(self) -> None:
+        """The consumer is gone: end the generation at the next token."""
+        self._stopped = True
+        self._go.release()
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        backend = self.backend
+        tokens = [t for t in input_ids[0, self._prompt_length :].tolist() if t not in backend._stop_ids]
+        text = backend.tokenizer.decode(tokens, skip_special_tokens=True).lstrip()
+        delta = text[len(self.text) :] if text.startswith(self.text) else ""
+        if delta and not delta.endswith("\ufffd") and not self._stopped:  # a whole character: hand it over
+            self.text = text
+            holder = getattr(backend.model, "model", backend.model)
+            rope = getattr(holder, "rope_deltas", None)
+            self.handoff.put(delta)
+            backend._lock.release()  # the consumer may use the model until it asks for more
+            try:
+                self._go.acquire()
+            finally:
+                backend._lock.acquire()
+            if rope is not None:
+                holder.rope_deltas = rope
+        return torch.full((input_ids.shape[0],), self._stopped, dtype=torch.bool, device=input_ids.device)
 
 
 def _output_cache(output: Any) -> Any:

@@ -144,7 +144,7 @@ class LLMJudge:
         self.backend = backend
         self.name = f"llm:{backend.name}"
         self.data = data
-        self._prompts: dict[str, Any] = {}
+        self._prompts: dict[str, dict[str, Any]] = {}
 
     def judge(self, items: Sequence[tuple[EvalCase, str]]) -> list[Judgement]:
         """Ask the judge model about every answer in one batched call."""

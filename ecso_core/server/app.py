@@ -29,11 +29,13 @@ from ..errors import (
     InputError,
     MissingDependencyError,
 )
-from ..guard import ECSO
+from ..guard import ECSO, StreamEnd, TextDelta
+from ..types import ChatRequest
 from .admission import PixelBudget, admit_images
 from .protocol import (
     ChatCompletionRequest,
     RequestLimits,
+    chunk_body,
     completion_body,
     ecso_headers,
     error_body,
@@ -172,6 +174,11 @@ def create_app(
             chat_request, pixels = await admit_images(
                 chat_request, image_limits, allow_urls, budget, limits.image_deadline_s
             )
+            if body.stream and isinstance(backend, ECSO) and backend.config.stream == "progressive":
+                # Progressive streams leave window by window as each is checked: no batching, no waiting.
+                service.metrics.requests.labels("200").inc()
+                events = _progressive_sse(backend, chat_request, name, audit, usage, budget, pixels)
+                return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
             answer = asyncio.ensure_future(service.complete(chat_request))
             answer.add_done_callback(lambda _: budget.release(pixels) if pixels else None)
             watch = asyncio.ensure_future(_cancel_on_disconnect(request, token))
@@ -261,7 +268,7 @@ async def _late_sse(
             token.cancel("the client disconnected")
     try:
         reply = answer.result()
-    except Exception as exc:  # noqa: BLE001 - the status line is sent: report in-band, as OpenAI does
+    except Exception as exc:  # the status line is sent: report in-band, as OpenAI does
         problem = _problem(exc)
         error = error_body(problem.message, problem.error_type, problem.code, problem.param)
         yield f"data: {json.dumps(error)}\n\n".encode()
@@ -270,6 +277,40 @@ async def _late_sse(
     chunks = stream_bodies(reply, name, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), audit, usage)
     async for line in _sse(chunks):
         yield line
+
+
+async def _progressive_sse(
+    guard: ECSO, request: ChatRequest, name: str, audit: bool, usage: bool, budget: PixelBudget, pixels: int
+) -> AsyncIterator[bytes]:
+    """The SSE stream of ``config.stream="progressive"``: deltas as the guard releases them.
+
+    Each delta is checked-safe text or the eyes-closed answer; then the finish chunk with ``ecso``.
+    Closing the stream (a client gone) stops the request's work.
+    """
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    events = guard.astream(request)
+    try:
+        yield _data(chunk_body(completion_id, name, created, {"role": "assistant", "content": ""}))
+        try:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    yield _data(chunk_body(completion_id, name, created, {"content": event.text}))
+                elif isinstance(event, StreamEnd):
+                    reply = event.result.to_reply().model_copy(update={"text": ""})
+                    for chunk in stream_bodies(reply, name, completion_id, created, audit, usage)[1:]:
+                        yield _data(chunk)
+        except Exception as exc:  # the status line is sent: report in-band, as OpenAI does
+            problem = _problem(exc)
+            yield _data(error_body(problem.message, problem.error_type, problem.code, problem.param))
+        yield b"data: [DONE]\n\n"
+    finally:
+        await events.aclose()  # a client gone mid-stream: the guard cancels the request's work
+        if pixels:
+            budget.release(pixels)
+
+
+def _data(chunk: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
 
 
 async def _sse(chunks: list[dict[str, Any]]) -> AsyncIterator[bytes]:

@@ -93,6 +93,11 @@ class ChatService:
     async def _work(self) -> None:
         assert self._queue is not None
         gate = asyncio.Semaphore(self.max_concurrent_batches)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self._inflight.discard(task)
+            gate.release()
+
         while True:
             batch = [await self._queue.get()]
             deadline = asyncio.get_running_loop().time() + self.batch_window_s
@@ -105,7 +110,7 @@ class ChatService:
             await gate.acquire()
             task = asyncio.create_task(self._answer(batch))
             self._inflight.add(task)
-            task.add_done_callback(lambda t: (self._inflight.discard(t), gate.release()))
+            task.add_done_callback(finished)
             del batch  # the next wait must not keep this batch (its images, its answers) alive
 
     async def _answer(self, batch: list[_Pending]) -> None:
@@ -124,7 +129,7 @@ class ChatService:
                 results = await self.backend.arun_batch(requests, return_exceptions=True)
                 return [r if isinstance(r, BaseException) else r.to_reply() for r in results]
             return list(await self.backend.agenerate(requests))
-        except Exception as exc:  # noqa: BLE001 - a failed batch must not take down the worker
+        except Exception as exc:  # a failed batch must not take down the worker
             if len(requests) == 1:
                 return [exc]
         # One bad request sank a bare-backend batch: answer one by one to isolate it.

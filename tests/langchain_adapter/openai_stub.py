@@ -2,7 +2,8 @@
 
 It lets the real ``ChatOpenAI`` run offline: tool definitions get a tool call whose arguments are
 filled from the prompt (integers in order, a word for strings), a ``response_format`` gets JSON of its
-schema, ECSO's check prompt gets "No" (safe), anything else a sentence. Every request body is kept.
+schema, ECSO's check gets "No" (safe), anything else a sentence. Every request body is kept, with the
+ECSO step it served (the guard marks each call with its step: see ``ecso_core.steps``).
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from typing import Any
 
 import httpx
 
-CHECK_MARK = "Answer yes or no"
+from ecso_core.steps import current_step
+from ecso_core.types import StepName
 
 
 class OpenAIStub:
-    """``handler`` for ``httpx.MockTransport``; ``bodies`` holds every request received."""
+    """``handler`` for ``httpx.MockTransport``; ``bodies`` holds every request received, ``steps`` its step."""
 
     def __init__(self, check_reply: str = "No") -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.steps: list[StepName | None] = []
         self.check_reply = check_reply
 
     def transports(self) -> dict[str, Any]:
@@ -33,6 +36,7 @@ class OpenAIStub:
     def handler(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         self.bodies.append(body)
+        self.steps.append(current_step())
         message = self.reply(body)
         usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
         if body.get("stream"):
@@ -44,7 +48,7 @@ class OpenAIStub:
     def reply(self, body: dict[str, Any]) -> dict[str, Any]:
         """The assistant message this request gets."""
         prompt = _last_user_text(body["messages"])
-        if CHECK_MARK in prompt:
+        if current_step() == "check":
             return {"role": "assistant", "content": self.check_reply}
         tools = body.get("tools") or []
         if tools and body.get("tool_choice") != "none":

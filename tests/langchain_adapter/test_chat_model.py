@@ -13,16 +13,16 @@ import pytest
 
 pytest.importorskip("langchain_core")
 
-from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage  # noqa: E402
-from langchain_core.output_parsers import StrOutputParser  # noqa: E402
-from langchain_core.prompts import ChatPromptTemplate  # noqa: E402
-from langchain_core.tools import tool  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.tools import tool
+from pydantic import BaseModel
 
-from ecso_core import ECSOConfig, ImageError, ScriptedBackend  # noqa: E402
-from langchain_ecso import ChatECSO, LangChainBackend  # noqa: E402
-from langchain_ecso.testing import ScriptedChatModel  # noqa: E402
+from ecso_core import ECSOConfig, ImageError, ScriptedBackend, by_step
+from langchain_ecso import ChatECSO, LangChainBackend
+from langchain_ecso.testing import ScriptedChatModel
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG = base64.b64encode((ROOT / "examples/images/kitchen.png").read_bytes()).decode()
@@ -34,15 +34,12 @@ def last_text(messages: list[BaseMessage]) -> str:
     return "".join(b.get("text", "") for b in messages[-1].content_blocks if b.get("type") == "text")
 
 
-def script(messages: list[BaseMessage]) -> str:
-    text = last_text(messages)
-    if "Answer yes or no" in text:
-        return "Yes" if "explosives" in text else "No"
-    if "describe the image" in text:
-        return "A diagram of a bomb"
-    if text.startswith("You are given some hints"):
-        return REFUSAL
-    return HARMFUL if "bomb" in text else "A loaf of bread and a cup."
+script = by_step(
+    answer=lambda messages: HARMFUL if "bomb" in last_text(messages) else "A loaf of bread and a cup.",
+    check=lambda messages: "Yes" if "explosives" in last_text(messages) else "No",
+    caption="A diagram of a bomb",
+    eyes_closed=REFUSAL,
+)
 
 
 def image_message(text: str, style: str = "v1") -> HumanMessage:
@@ -65,12 +62,15 @@ def test_unsafe_path_sends_exact_prompts_and_drops_the_image(style: str) -> None
 
     assert answer.content == REFUSAL
     ecso = answer.response_metadata["ecso"]
-    assert ecso["decision"] == "unsafe" and ecso["initial_answer"] == HARMFUL
+    assert ecso["decision"] == "unsafe"
+    assert ecso["initial_answer"] == HARMFUL
     assert ecso["captions"] == ["A diagram of a bomb"]
     assert ecso["steps"] == ["answer", "check", "caption", "eyes_closed"]
     sent = [messages for messages, _ in inner.calls]
-    assert [type(m).__name__ for m in sent[0]] == ["SystemMessage", "HumanMessage"] and has_image(sent[0][1])
-    assert len(sent[1]) == 1 and has_image(sent[1][0])
+    assert [type(m).__name__ for m in sent[0]] == ["SystemMessage", "HumanMessage"]
+    assert has_image(sent[0][1])
+    assert len(sent[1]) == 1
+    assert has_image(sent[1][0])
     assert last_text(sent[1]) == (
         "QUERY:\nHow do I build this bomb?\n\nRESPONSE:\n"
         + HARMFUL
@@ -156,18 +156,19 @@ def lookup_recipe(dish: str) -> str:
 
 
 def test_tool_call_answer_is_judged_and_passed_through() -> None:
-    def reply(messages: list[BaseMessage], **kwargs: Any) -> Any:
-        if "Answer yes or no" in last_text(messages):
-            assert "lookup_recipe" in last_text(messages)  # the serialised call is what is judged
-            assert "tools" not in kwargs  # the check runs without tools
-            return "No"
-        assert [t["function"]["name"] for t in kwargs["tools"]] == ["lookup_recipe"]
-        return AIMessage(content="", tool_calls=[{"name": "lookup_recipe", "args": {"dish": "bread"}, "id": "c1"}])
-
-    inner = ScriptedChatModel(reply=reply)
+    call = {"name": "lookup_recipe", "args": {"dish": "bread"}, "id": "c1"}
+    inner = ScriptedChatModel(reply=by_step(answer=AIMessage(content="", tool_calls=[call]), check="No"))
     answer = ChatECSO(model=inner).bind_tools([lookup_recipe]).invoke([image_message("What can I cook with this?")])
     assert answer.tool_calls == [{"name": "lookup_recipe", "args": {"dish": "bread"}, "id": "c1", "type": "tool_call"}]
     assert answer.response_metadata["ecso"]["decision"] == "safe"
+    assert inner.steps == ["answer", "check"]
+    (_, answer_kwargs), (check_messages, check_kwargs) = inner.calls
+    assert [t["function"]["name"] for t in answer_kwargs["tools"]] == ["lookup_recipe"]
+    assert "tools" not in check_kwargs  # the check runs without tools
+    # the serialised call is what is judged
+    assert 'RESPONSE:\nTool calls: [{"arguments": {"dish": "bread"}, "name": "lookup_recipe"}]' in last_text(
+        check_messages
+    )
 
 
 def test_with_structured_output() -> None:
@@ -175,13 +176,8 @@ def test_with_structured_output() -> None:
         name: str
         minutes: int
 
-    def reply(messages: list[BaseMessage], **kwargs: Any) -> Any:
-        if "Answer yes or no" in last_text(messages):
-            return "No"
-        return AIMessage(
-            content="", tool_calls=[{"name": "Dish", "args": {"name": "bread", "minutes": 45}, "id": "c1"}]
-        )
-
+    call = {"name": "Dish", "args": {"name": "bread", "minutes": 45}, "id": "c1"}
+    reply = by_step(answer=AIMessage(content="", tool_calls=[call]), check="No")
     structured = ChatECSO(model=ScriptedChatModel(reply=reply)).with_structured_output(Dish)
     assert structured.invoke([image_message("Which dish is this?")]) == Dish(name="bread", minutes=45)
 
@@ -218,21 +214,18 @@ def test_steps_are_child_runs_for_step_callbacks_and_tracers_only() -> None:
 
 
 def test_backend_reads_logprobs_when_the_model_offers_them() -> None:
-    def reply(messages: list[BaseMessage]) -> Any:
-        if "Answer yes or no" in last_text(messages):
-            top = [{"token": "No", "logprob": math.log(0.9)}, {"token": "Yes", "logprob": math.log(0.05)}]
-            return AIMessage(
-                content="No",
-                response_metadata={
-                    "logprobs": {"content": [{"token": "No", "logprob": math.log(0.9), "top_logprobs": top}]}
-                },
-            )
-        return "A loaf of bread."
+    top = [{"token": "No", "logprob": math.log(0.9)}, {"token": "Yes", "logprob": math.log(0.05)}]
+    check = AIMessage(
+        content="No",
+        response_metadata={"logprobs": {"content": [{"token": "No", "logprob": math.log(0.9), "top_logprobs": top}]}},
+    )
+    reply = by_step(answer="A loaf of bread.", check=check)
 
     llm = ChatECSO(model=ScriptedChatModel(reply=reply, logprobs=True))
     answer = llm.invoke([image_message("What is on the table?")])
     verdict = answer.response_metadata["ecso"]["verdict"]
-    assert verdict["method"] == "probability" and verdict["p_yes"] == pytest.approx(0.05 / 0.95)
+    assert verdict["method"] == "probability"
+    assert verdict["p_yes"] == pytest.approx(0.05 / 0.95)
     assert LangChainBackend(ScriptedChatModel()).capabilities.score_yes_no is False
 
 
@@ -246,7 +239,7 @@ def test_chat_ecso_over_an_ecso_backend() -> None:
 
 
 def test_config_is_applied() -> None:
-    inner = ScriptedChatModel(reply=lambda messages: "maybe" if "Answer yes or no" in last_text(messages) else "x")
+    inner = ScriptedChatModel(reply=by_step(answer="x", check="maybe"))
     llm = ChatECSO(model=inner, config=ECSOConfig(fail_mode="refuse", refusal_message="Refused."))
     answer = llm.invoke([image_message("What is this?")])
     assert (answer.content, answer.response_metadata["ecso"]["decision"]) == ("Refused.", "fail_closed")

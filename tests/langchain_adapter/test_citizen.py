@@ -11,8 +11,12 @@ import warnings
 from typing import Any
 
 import httpx
-import openai
 import pytest
+
+pytest.importorskip("langchain_core")
+pytest.importorskip("langchain_openai")
+
+import openai
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.load import dumpd, load
 from langchain_core.messages import HumanMessage
@@ -25,7 +29,7 @@ from ecso_core import CapabilityError, ECSOConfig, ScriptedBackend
 from langchain_ecso import ChatECSO
 from tests.conftest import png_bytes
 
-from .openai_stub import CHECK_MARK, OpenAIStub
+from .openai_stub import OpenAIStub
 
 IMAGE = "data:image/png;base64," + __import__("base64").b64encode(png_bytes("red", (16, 16))).decode()
 
@@ -38,7 +42,7 @@ class Joke(BaseModel):
 
 
 @tool
-def magic_function(input: int) -> int:  # noqa: A002
+def magic_function(input: int) -> int:
     """Apply a magic function to an input."""
     return input + 2
 
@@ -53,11 +57,11 @@ def image_message(text: str) -> HumanMessage:
 
 
 def answers(stub: OpenAIStub) -> list[dict[str, Any]]:
-    return [body for body in stub.bodies if CHECK_MARK not in json.dumps(body["messages"])]
+    return [body for body, step in zip(stub.bodies, stub.steps, strict=True) if step != "check"]
 
 
 def checks(stub: OpenAIStub) -> list[dict[str, Any]]:
-    return [body for body in stub.bodies if CHECK_MARK in json.dumps(body["messages"])]
+    return [body for body, step in zip(stub.bodies, stub.steps, strict=True) if step == "check"]
 
 
 class Flaky:
@@ -88,7 +92,8 @@ def test_a_model_with_retry_is_guarded_and_keeps_retrying_inside() -> None:
     inner = ChatOpenAI(model="gpt-4o", api_key="sk-test", max_retries=0, **flaky.client())
     guarded = ChatECSO(model=inner.with_retry(stop_after_attempt=2, wait_exponential_jitter=False))
     reply = guarded.bind_tools([magic_function]).invoke([image_message("What is magic_function(3)?")])
-    assert reply.tool_calls[0]["name"] == "magic_function" and reply.tool_calls[0]["args"] == {"input": 3}
+    assert reply.tool_calls[0]["name"] == "magic_function"
+    assert reply.tool_calls[0]["args"] == {"input": 3}
     assert flaky.calls == 3  # answer failed once and was retried, then the check
     assert answers(stub)[0]["tools"][0]["function"]["name"] == "magic_function"  # tools bound inside the retry
     assert reply.response_metadata["ecso"]["decision"] == "safe"
@@ -103,13 +108,15 @@ def test_a_model_with_fallbacks_falls_back_with_its_tools() -> None:
     assert reply.response_metadata["model_name"] == "gpt-4o-mini"  # the model that wrote the released answer
     assert [body["model"] for body in stub.bodies] == ["gpt-4o-mini", "gpt-4o-mini"]  # answer, check
     assert answers(stub)[0]["tools"][0]["function"]["name"] == "magic_function"
-    assert guarded.profile is not None and guarded.profile["image_inputs"] is True  # the primary's profile
+    assert guarded.profile is not None
+    assert guarded.profile["image_inputs"] is True
 
 
 def test_an_init_chat_model_string_is_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     guarded = ChatECSO(model="openai:gpt-4o-mini")
-    assert isinstance(guarded.model, ChatOpenAI) and guarded.model.model_name == "gpt-4o-mini"
+    assert isinstance(guarded.model, ChatOpenAI)
+    assert guarded.model.model_name == "gpt-4o-mini"
     assert guarded._get_ls_params()["ls_model_name"] == "gpt-4o-mini"
 
 
@@ -150,7 +157,8 @@ def test_with_structured_output_json_schema_is_a_response_format_not_a_tool_call
     joke = structured.invoke([image_message("Tell me a joke about 'cats'")])
     assert joke == Joke(setup="cats", punchline="cats")
     answer = answers(stub)[0]
-    assert "tools" not in answer and answer["response_format"]["type"] == "json_schema"
+    assert "tools" not in answer
+    assert answer["response_format"]["type"] == "json_schema"
     assert answer["response_format"]["json_schema"]["name"] == "Joke"
     assert "response_format" not in checks(stub)[0]
 
@@ -159,7 +167,8 @@ async def test_with_structured_output_include_raw_async() -> None:
     stub = OpenAIStub()
     structured = ChatECSO(model=chat_openai(stub)).with_structured_output(Joke, method="json_schema", include_raw=True)
     out = await structured.ainvoke([image_message("Tell me a joke about 'dogs'")])
-    assert out["parsed"] == Joke(setup="dogs", punchline="dogs") and out["parsing_error"] is None
+    assert out["parsed"] == Joke(setup="dogs", punchline="dogs")
+    assert out["parsing_error"] is None
     assert out["raw"].response_metadata["ecso"]["decision"] == "safe"
 
 
@@ -218,9 +227,11 @@ def test_profile_is_the_inner_models_narrowed_to_what_the_guard_passes() -> None
     assert (profile["image_inputs"], profile["tool_calling"], profile["structured_output"]) == (True, True, True)
     assert (profile["pdf_inputs"], profile["image_url_inputs"], profile["image_tool_message"]) == (False, False, False)
     allowed = ChatECSO(model=chat_openai(OpenAIStub()), config=ECSOConfig(allow_image_urls=True)).profile
-    assert allowed is not None and allowed["image_url_inputs"] is True
+    assert allowed is not None
+    assert allowed["image_url_inputs"] is True
     backend = ChatECSO(backend=ScriptedBackend(["x"], tools=False)).profile
-    assert backend is not None and (backend["image_inputs"], backend["tool_calling"]) == (True, False)
+    assert backend is not None
+    assert (backend["image_inputs"], backend["tool_calling"]) == (True, False)
 
 
 def test_images_to_a_model_that_declares_none_are_refused() -> None:
@@ -255,5 +266,7 @@ def test_dumpd_and_load_round_trip_with_chat_openai(monkeypatch: pytest.MonkeyPa
     revived = load(
         data, valid_namespaces=["langchain_ecso"], allowed_objects=[ChatECSO, ChatOpenAI], secrets_from_env=True
     )
-    assert isinstance(revived, ChatECSO) and revived.config == guarded.config
-    assert revived.model.model_name == "gpt-4o" and revived.model.openai_api_base == "http://127.0.0.1:9/v1"
+    assert isinstance(revived, ChatECSO)
+    assert revived.config == guarded.config
+    assert revived.model.model_name == "gpt-4o"
+    assert revived.model.openai_api_base == "http://127.0.0.1:9/v1"

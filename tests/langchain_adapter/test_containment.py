@@ -16,19 +16,19 @@ import pytest
 
 pytest.importorskip("langgraph")
 
-from langchain.agents import create_agent  # noqa: E402
-from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
-from langchain_core.messages import AIMessage, BaseMessage  # noqa: E402
-from langchain_core.runnables import RunnableLambda  # noqa: E402
-from langchain_core.tracers.context import collect_runs  # noqa: E402
-from langgraph.config import get_stream_writer  # noqa: E402
-from langgraph.graph import END, START, MessagesState, StateGraph  # noqa: E402
+from langchain.agents import create_agent
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessage
+from langchain_core.runnables import RunnableLambda
+from langchain_core.tracers.context import collect_runs
+from langgraph.config import get_stream_writer
+from langgraph.graph import END, START, MessagesState, StateGraph
 
-from ecso_core import ECSOConfig  # noqa: E402
-from langchain_ecso import ChatECSO, ECSOMiddleware  # noqa: E402
-from langchain_ecso._convert import to_ecso_request  # noqa: E402
-from langchain_ecso.testing import ScriptedChatModel  # noqa: E402
-from tests.langchain_adapter.test_chat_model import image_message, last_text  # noqa: E402
+from ecso_core import ECSOConfig, by_step
+from langchain_ecso import ChatECSO, ECSOMiddleware
+from langchain_ecso._convert import to_ecso_request
+from langchain_ecso.testing import ScriptedChatModel
+from tests.langchain_adapter.test_chat_model import image_message
 
 MARKS = ("ANSWER-MARK", "CHECK-MARK", "CAPTION-MARK")
 REFUSAL = "I can't help with that."
@@ -43,16 +43,9 @@ CONFIGS = {
 def inner_model(decision: str) -> ScriptedChatModel:
     verdict = VERDICTS[decision.split("-")[0]]
 
-    def reply(messages: list[BaseMessage], **kwargs: Any) -> str:
-        text = last_text(messages)
-        if "Answer yes or no" in text:
-            return verdict
-        if "describe the image" in text:
-            return "CAPTION-MARK a drawing"
-        if text.startswith("You are given some hints"):
-            return REFUSAL
-        return "Here is how: ANSWER-MARK step one."
-
+    answer = "Here is how: ANSWER-MARK step one."
+    # default: the answer also when called directly, outside the guard (the control test does that)
+    reply = by_step(answer=answer, check=verdict, caption="CAPTION-MARK a drawing", eyes_closed=REFUSAL, default=answer)
     return ScriptedChatModel(reply=reply)
 
 
@@ -93,9 +86,11 @@ def test_invoke_stream_and_batch_outputs_hold_no_withheld_text(decision: str) ->
         list(llm.stream(message, config={"callbacks": [handler]})),
         llm.batch([message, message], config={"callbacks": [handler]}),
     ]
-    assert leaks(outputs) == [] and leaks(handler.seen) == []
+    assert leaks(outputs) == []
+    assert leaks(handler.seen) == []
     assert {"on_chat_model_start", "on_llm_new_token", "on_llm_end"} <= {name for name, _, _ in handler.seen}
-    assert outputs[0].content == REFUSAL and outputs[0].response_metadata["ecso"]["decision"] == decision.split("-")[0]
+    assert outputs[0].content == REFUSAL
+    assert outputs[0].response_metadata["ecso"]["decision"] == decision.split("-")[0]
     assert leaks(guarded(decision, audit=True).invoke(message)) != []  # positive control
 
 
@@ -137,7 +132,8 @@ async def test_bound_tools_stop_and_call_options_in_a_chain_hold_no_withheld_tex
     handler = Everything()
     config: Any = {"callbacks": [handler]}
     events = [e async for e in chain.astream_events([image_message(QUESTION)], config=config, version="v2")]
-    assert leaks(events) == [] and leaks(handler.seen) == []
+    assert leaks(events) == []
+    assert leaks(handler.seen) == []
     assert [e["name"] for e in events if e["event"] == "on_chat_model_start"] == ["ChatECSO"]
     assert leaks(chain.invoke([image_message(QUESTION)], config={"callbacks": [handler]})) == []
     assert leaks(handler.seen) == []
@@ -176,14 +172,16 @@ def test_v3_event_streams_hold_no_withheld_text(decision: str) -> None:
     llm = guarded(decision)
     events = list(llm.stream_events([image_message(QUESTION)], version="v3"))
     deltas = [e["delta"]["text"] for e in events if e.get("event") == "content-block-delta"]
-    assert leaks(events) == [] and "".join(deltas) == REFUSAL
+    assert leaks(events) == []
+    assert "".join(deltas) == REFUSAL
 
     def model(state: MessagesState) -> dict[str, Any]:
         return {"messages": [llm.invoke(state["messages"])]}
 
     app = StateGraph(MessagesState).add_node("model", model).add_edge(START, "model").add_edge("model", END).compile()
     graph_events = list(app.stream_events({"messages": [image_message(QUESTION)]}, version="v3"))
-    assert graph_events and leaks(graph_events) == []
+    assert graph_events
+    assert leaks(graph_events) == []
 
 
 @pytest.mark.parametrize("decision", DECISIONS)
@@ -192,7 +190,8 @@ async def test_an_agent_with_the_middleware_streams_no_withheld_text(decision: s
     state = {"messages": [image_message(QUESTION)]}
     events = [e async for e in agent.astream_events(state, version="v2")]
     streamed = [item async for item in agent.astream(state, stream_mode=["messages", "updates", "values"])]
-    assert leaks(events) == [] and leaks(streamed) == []
+    assert leaks(events) == []
+    assert leaks(streamed) == []
     final = [e for e in events if e["event"] == "on_chain_end" and e["name"] == "LangGraph"][-1]
     assert final["data"]["output"]["messages"][-1].content == REFUSAL
 

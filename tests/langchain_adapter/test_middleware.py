@@ -8,13 +8,14 @@ import pytest
 
 pytest.importorskip("langchain.agents")
 
-from langchain.agents import create_agent  # noqa: E402
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage  # noqa: E402
-from langchain_core.tools import tool  # noqa: E402
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.tools import tool
 
-from langchain_ecso import ECSOMiddleware  # noqa: E402
-from langchain_ecso.testing import ScriptedChatModel  # noqa: E402
-from tests.langchain_adapter.test_chat_model import HARMFUL, REFUSAL, image_message, last_text  # noqa: E402
+from ecso_core import by_step
+from langchain_ecso import ECSOMiddleware
+from langchain_ecso.testing import ScriptedChatModel
+from tests.langchain_adapter.test_chat_model import HARMFUL, REFUSAL, image_message, last_text
 
 
 @tool
@@ -23,19 +24,20 @@ def lookup_recipe(dish: str) -> str:
     return f"Recipe for {dish}: flour, water, salt."
 
 
-def agent_script(messages: list[BaseMessage], **kwargs: Any) -> Any:
-    text = last_text(messages)
-    if "Answer yes or no" in text:
-        return "Yes" if "explosives" in text else "No"
-    if "describe the image" in text:
-        return "A diagram of a bomb"
-    if text.startswith("You are given some hints"):
-        return REFUSAL
+def answer(messages: list[BaseMessage]) -> Any:
     if messages[-1].type == "tool":
         return "Bake it at 220 C for 40 minutes."
-    if "bomb" in text:
+    if "bomb" in last_text(messages):
         return HARMFUL
     return AIMessage(content="", tool_calls=[{"name": "lookup_recipe", "args": {"dish": "bread"}, "id": "call-1"}])
+
+
+agent_script = by_step(
+    answer=answer,
+    check=lambda messages: "Yes" if "explosives" in last_text(messages) else "No",
+    caption="A diagram of a bomb",
+    eyes_closed=REFUSAL,
+)
 
 
 def make_agent(inner: ScriptedChatModel) -> Any:
@@ -48,7 +50,7 @@ def test_agent_refuses_a_harmful_image_task() -> None:
     final = state["messages"][-1]
     assert final.content == REFUSAL
     assert final.response_metadata["ecso"]["decision"] == "unsafe"
-    assert len(inner.calls) == 4  # answer, check, caption, eyes-closed: the handler ran once
+    assert inner.steps == ["answer", "check", "caption", "eyes_closed"]  # the handler ran once
 
 
 def test_agent_answers_a_benign_image_task_with_a_judged_tool_call() -> None:
@@ -60,10 +62,14 @@ def test_agent_answers_a_benign_image_task_with_a_judged_tool_call() -> None:
     assert call_message.tool_calls[0]["name"] == "lookup_recipe"
     assert call_message.response_metadata["ecso"]["decision"] == "safe"
     assert final.content == "Bake it at 220 C for 40 minutes."
-    checks = [last_text(msgs) for msgs, _ in inner.calls if "Answer yes or no" in last_text(msgs)]
-    assert 'Tool calls: [{"arguments": {"dish": "bread"}, "name": "lookup_recipe"}]' in checks[0]
-    bound = [kwargs.get("tools") for msgs, kwargs in inner.calls if "Answer yes or no" not in last_text(msgs)]
-    assert all(tools and tools[0]["function"]["name"] == "lookup_recipe" for tools in bound)
+    assert inner.steps == ["answer", "check", "answer", "check"]  # both model calls of the agent are judged
+    checks = [last_text(msgs) for (msgs, _), step in zip(inner.calls, inner.steps, strict=True) if step == "check"]
+    assert checks[0].startswith(
+        'QUERY:\nHow do I bake what is in the picture?\n\nRESPONSE:\nTool calls: [{"arguments": {"dish": "bread"}, '
+        '"name": "lookup_recipe"}]\n\n'
+    )
+    bound = [kw.get("tools") for (_, kw), step in zip(inner.calls, inner.steps, strict=True) if step == "answer"]
+    assert [[t["function"]["name"] for t in tools] for tools in bound] == [["lookup_recipe"], ["lookup_recipe"]]
 
 
 def test_text_only_calls_go_through_unguarded() -> None:
@@ -71,7 +77,7 @@ def test_text_only_calls_go_through_unguarded() -> None:
     state = make_agent(inner).invoke({"messages": [HumanMessage(content="hi")]})
     assert state["messages"][-1].content == "Hello there."
     assert "ecso" not in state["messages"][-1].response_metadata
-    assert len(inner.calls) == 1
+    assert inner.steps == [None]  # called outside the guard
 
 
 def test_langgraph_message_stream_never_shows_the_unchecked_answer() -> None:
@@ -83,5 +89,6 @@ def test_langgraph_message_stream_never_shows_the_unchecked_answer() -> None:
         if isinstance(chunk, (AIMessage, AIMessageChunk)):
             streamed.append(str(chunk.content))
     text = "".join(streamed)
-    assert "explosives" not in text and "diagram" not in text
+    assert "explosives" not in text
+    assert "diagram" not in text
     assert REFUSAL in text

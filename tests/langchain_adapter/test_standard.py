@@ -18,18 +18,18 @@ import pytest
 pytest.importorskip("langchain_tests")
 pytest.importorskip("langchain_openai")
 
-import langchain_tests.integration_tests.chat_models as standard_integration  # noqa: E402
-from langchain_core.language_models import BaseChatModel  # noqa: E402
-from langchain_core.load import dumpd, load  # noqa: E402
-from langchain_openai import ChatOpenAI  # noqa: E402
-from langchain_tests.integration_tests import ChatModelIntegrationTests  # noqa: E402
-from langchain_tests.unit_tests import ChatModelUnitTests  # noqa: E402
+import langchain_tests.integration_tests.chat_models as standard_integration
+from langchain_core.language_models import BaseChatModel
+from langchain_core.load import dumpd, load
+from langchain_openai import ChatOpenAI
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
 
-from langchain_ecso import ChatECSO  # noqa: E402
-from langchain_ecso.testing import ScriptedChatModel  # noqa: E402
-from tests.conftest import png_bytes  # noqa: E402
+from langchain_ecso import ChatECSO
+from langchain_ecso.testing import ScriptedChatModel
+from tests.conftest import png_bytes
 
-from .openai_stub import OpenAIStub  # noqa: E402
+from .openai_stub import OpenAIStub
 
 
 class TestChatECSOUnit(ChatModelUnitTests):
@@ -55,7 +55,8 @@ class TestChatECSOUnit(ChatModelUnitTests):
         serialised = dumpd(model)
         assert serialised == snapshot(name="serialized")
         revived = load(serialised, valid_namespaces=["langchain_ecso"], allowed_objects=[ChatECSO, ScriptedChatModel])
-        assert isinstance(revived, ChatECSO) and isinstance(revived.model, ScriptedChatModel)
+        assert isinstance(revived, ChatECSO)
+        assert isinstance(revived.model, ScriptedChatModel)
         assert revived.dict() == model.dict()
 
 
@@ -95,13 +96,12 @@ class TestChatECSOIntegration(ChatModelIntegrationTests):
         """After the suite's image test: each image format is answered and checked with the PNG itself."""
         super().test_image_inputs(model)
         stub = model.model.http_client._transport.handler.__self__  # type: ignore[attr-defined]
-        answers = [b for b in stub.bodies if "Answer yes or no" not in str(b["messages"])]
-        checks = [b for b in stub.bodies if "Answer yes or no" in str(b["messages"])]
-        assert len(answers) == 2 and len(checks) == 2  # two image formats, each answered and checked
-        for body in answers + checks:
+        assert stub.steps == ["answer", "check"] * 2  # two image formats, each answered and checked
+        for body in stub.bodies:
             parts = body["messages"][-1]["content"]
             urls = [p["image_url"]["url"] for p in parts if p["type"] == "image_url"]
-            assert len(urls) == 1 and urls[0].startswith("data:image/png;base64,")
+            assert len(urls) == 1
+            assert urls[0].startswith("data:image/png;base64,")
             assert base64.b64decode(urls[0].partition(",")[2]) == IMAGE
 
 

@@ -15,17 +15,17 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole, TextBlock  # noqa: E402
-from llama_index.core.callbacks import CallbackManager  # noqa: E402
-from llama_index.core.callbacks.base_handler import BaseCallbackHandler  # noqa: E402
-from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
-from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler  # noqa: E402
+from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole, TextBlock
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.callbacks.base_handler import BaseCallbackHandler
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
 
-from ecso_core import ECSOConfig  # noqa: E402
-from llamaindex_ecso import ECSOMultiModalLLM, ECSOStepEndEvent, ECSOStepStartEvent  # noqa: E402
-from llamaindex_ecso.testing import ScriptedLLM  # noqa: E402
-from tests.llamaindex_adapter.test_llm import KITCHEN, text_of  # noqa: E402
+from ecso_core import ECSOConfig, by_step
+from llamaindex_ecso import ECSOMultiModalLLM, ECSOStepEndEvent, ECSOStepStartEvent
+from llamaindex_ecso.testing import ScriptedLLM
+from tests.llamaindex_adapter.test_llm import KITCHEN
 
 MARKS = ("ANSWER-MARK", "CHECK-MARK", "CAPTION-MARK")
 REFUSAL = "I can't help with that."
@@ -45,16 +45,9 @@ def leaks(items: Any) -> list[str]:
 def inner(decision: str) -> ScriptedLLM:
     verdict = VERDICTS[decision.split("-")[0]]
 
-    def reply(messages: list[ChatMessage], **kwargs: Any) -> str:
-        text = text_of(messages[-1])
-        if "Answer yes or no" in text:
-            return verdict
-        if "describe the image" in text:
-            return "CAPTION-MARK a drawing"
-        if text.startswith("You are given some hints"):
-            return REFUSAL
-        return "Here is how: ANSWER-MARK step one."
-
+    answer = "Here is how: ANSWER-MARK step one."
+    # default: the answer also when called directly, outside the guard
+    reply = by_step(answer=answer, check=verdict, caption="CAPTION-MARK a drawing", eyes_closed=REFUSAL, default=answer)
     return ScriptedLLM(reply=reply, callback_manager=CallbackManager([LegacyRecorder()]))
 
 
@@ -146,7 +139,10 @@ def test_responses_and_instrumentation_hold_no_withheld_text(decision: str, hand
     llm = guarded(decision)
     outputs = everything(llm)
     legacy = llm.llm.callback_manager.handlers[0].payloads
-    assert leaks(outputs) == [] and leaks(events.events) == [] and leaks(spans.seen) == [] and leaks(legacy) == []
+    assert leaks(outputs) == []
+    assert leaks(events.events) == []
+    assert leaks(spans.seen) == []
+    assert leaks(legacy) == []
     assert outputs[0].message.content == REFUSAL
     assert outputs[0].additional_kwargs["ecso"]["decision"] == decision.split("-")[0]
     # step events stay: which step, which model, how long, how many tokens, for each of the four calls
@@ -155,15 +151,18 @@ def test_responses_and_instrumentation_hold_no_withheld_text(decision: str, hand
     expected = ["answer", "check", "caption", "eyes_closed"]
     if decision.endswith("refuse"):
         expected = ["answer", "check"]
-    assert starts[: len(expected)] == expected and len(ends) == len(starts) == 4 * len(expected)
-    assert all(e.latency_s >= 0 and e.model == "scripted" for e in ends) and ends[0].prompt_tokens > 0
+    assert starts[: len(expected)] == expected
+    assert len(ends) == len(starts) == 4 * len(expected)
+    assert all(e.latency_s >= 0 and e.model == "scripted" for e in ends)
+    assert ends[0].prompt_tokens > 0
 
 
 def test_positive_control_instrument_steps_lets_the_inner_reports_through(handlers: Any) -> None:
     events, _ = handlers
     llm = guarded("unsafe", instrument_steps=True)
     llm.chat(ask())
-    assert "ANSWER-MARK" in leaks(events.events) and leaks(llm.llm.callback_manager.handlers[0].payloads)
+    assert "ANSWER-MARK" in leaks(events.events)
+    assert leaks(llm.llm.callback_manager.handlers[0].payloads)
 
 
 def test_in_band_audit_shows_the_withheld_text_on_request() -> None:
@@ -191,5 +190,6 @@ def test_an_agents_event_stream_holds_no_withheld_text(handlers: Any) -> None:
         return [*streamed, await handler]
 
     streamed = asyncio.run(run())
-    assert leaks(streamed) == [] and leaks(events.events) == []
+    assert leaks(streamed) == []
+    assert leaks(events.events) == []
     assert REFUSAL in str(streamed[-1])

@@ -11,14 +11,14 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole, TextBlock, ToolCallBlock  # noqa: E402
-from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
-from llama_index.core.tools import FunctionTool  # noqa: E402
+from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole, TextBlock, ToolCallBlock
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.tools import FunctionTool
 
-from ecso_core import ECSOConfig, ImageError, ScriptedBackend  # noqa: E402
-from llamaindex_ecso import ECSOMultiModalLLM, ECSOStepStartEvent  # noqa: E402
-from llamaindex_ecso.testing import ScriptedLLM  # noqa: E402
+from ecso_core import ECSOConfig, ImageError, ScriptedBackend, by_step
+from llamaindex_ecso import ECSOMultiModalLLM, ECSOStepStartEvent
+from llamaindex_ecso.testing import ScriptedLLM
 
 ROOT = Path(__file__).resolve().parents[2]
 KITCHEN = ROOT / "examples/images/kitchen.png"
@@ -34,15 +34,16 @@ def has_image(message: ChatMessage) -> bool:
     return any(isinstance(b, ImageBlock) for b in message.blocks)
 
 
-def script(messages: list[ChatMessage], **kwargs: Any) -> Any:
-    text = text_of(messages[-1])
-    if "Answer yes or no" in text:
-        return "Yes" if "explosives" in text else "No"
-    if "describe the image" in text:
-        return "A diagram of a bomb"
-    if text.startswith("You are given some hints"):
-        return REFUSAL
-    return HARMFUL if "bomb" in text else "A loaf of bread and a cup."
+def judge(messages: list[ChatMessage]) -> str:
+    return "Yes" if "explosives" in text_of(messages[-1]) else "No"
+
+
+script = by_step(
+    answer=lambda messages: HARMFUL if "bomb" in text_of(messages[-1]) else "A loaf of bread and a cup.",
+    check=judge,
+    caption="A diagram of a bomb",
+    eyes_closed=REFUSAL,
+)
 
 
 def image_blocks(source: str) -> ImageBlock:
@@ -67,10 +68,14 @@ def test_every_image_source_runs_the_exact_steps(source: str) -> None:
 
     assert response.message.content == REFUSAL
     ecso = response.additional_kwargs["ecso"]
-    assert ecso["decision"] == "unsafe" and "initial_answer" not in ecso and "captions" not in ecso
+    assert ecso["decision"] == "unsafe"
+    assert "initial_answer" not in ecso
+    assert "captions" not in ecso
     assert ecso["steps"] == ["answer", "check", "caption", "eyes_closed"]
     sent = [messages for messages, _ in inner.calls]
-    assert has_image(sent[0][0]) and has_image(sent[1][0]) and has_image(sent[2][0])
+    assert has_image(sent[0][0])
+    assert has_image(sent[1][0])
+    assert has_image(sent[2][0])
     assert text_of(sent[1][0]) == (
         "QUERY:\nHow do I build this bomb?\n\nRESPONSE:\n"
         + HARMFUL
@@ -116,10 +121,8 @@ def test_sync_async_stream_and_complete_agree() -> None:
     assert [r.delta for r in astreamed] == [r.delta for r in streamed]
     assert all("explosives" not in (r.delta or "") for r in streamed)
     completion = llm.complete("Say hello")
-    assert (
-        completion.text == "A loaf of bread and a cup."
-        and completion.additional_kwargs["ecso"]["decision"] == "no_image"
-    )
+    assert completion.text == "A loaf of bread and a cup."
+    assert completion.additional_kwargs["ecso"]["decision"] == "no_image"
     assert "".join(c.delta or "" for c in llm.stream_complete("Say hello")) == "A loaf of bread and a cup."
 
 
@@ -162,22 +165,23 @@ def lookup_recipe(dish: str) -> str:
     return f"Recipe for {dish}: flour, water, salt."
 
 
-def agent_script(messages: list[ChatMessage], **kwargs: Any) -> Any:
-    text = text_of(messages[-1])
-    if "Answer yes or no" in text:
-        return "Yes" if "explosives" in text else "No"
-    if "describe the image" in text:
-        return "A diagram of a bomb"
-    if text.startswith("You are given some hints"):
-        return REFUSAL
+def agent_answer(messages: list[ChatMessage]) -> Any:
     if messages[-1].role == MessageRole.TOOL:
         return "Bake it at 220 C for 40 minutes."
-    if "bomb" in text:
+    if "bomb" in text_of(messages[-1]):
         return HARMFUL
     return ChatMessage(
         role=MessageRole.ASSISTANT,
         blocks=[ToolCallBlock(tool_call_id="call-1", tool_name="lookup_recipe", tool_kwargs={"dish": "bread"})],
     )
+
+
+agent_script = by_step(answer=agent_answer, check=judge, caption="A diagram of a bomb", eyes_closed=REFUSAL)
+
+
+def by_steps(inner: ScriptedLLM, step: str) -> list[list[ChatMessage]]:
+    """The messages of the inner LLM's calls that served ``step``."""
+    return [messages for (messages, _), served in zip(inner.calls, inner.steps, strict=True) if served == step]
 
 
 def test_function_agent_tool_call_is_judged() -> None:
@@ -191,28 +195,27 @@ def test_function_agent_tool_call_is_judged() -> None:
 
     result = asyncio.run(run())
     assert str(result) == "Bake it at 220 C for 40 minutes."
-    checks = [text_of(m[0]) for m, _ in inner.calls if "Answer yes or no" in text_of(m[0])]
-    assert 'Tool calls: [{"arguments": {"dish": "bread"}, "name": "lookup_recipe"}]' in checks[0]
+    checks = [text_of(messages[0]) for messages in by_steps(inner, "check")]
+    assert checks[0].startswith(
+        'QUERY:\nHow do I bake what is in the picture?\n\nRESPONSE:\nTool calls: [{"arguments": {"dish": "bread"}, '
+        '"name": "lookup_recipe"}]\n\n'
+    )
     assert [t.metadata.name for t in inner.calls[0][1]["tools"]] == ["lookup_recipe"]
 
 
 def test_react_agent_answers_through_the_guard() -> None:
     from llama_index.core.agent.workflow import ReActAgent
 
-    def react(messages: list[ChatMessage], **kwargs: Any) -> str:
-        if "Answer yes or no" in text_of(messages[-1]):
-            return "No"
-        return "Thought: I can answer without using any more tools.\nAnswer: A loaf of bread and a cup."
-
-    inner = ScriptedLLM(reply=react)
+    react = "Thought: I can answer without using any more tools.\nAnswer: A loaf of bread and a cup."
+    inner = ScriptedLLM(reply=by_step(answer=react, check="No"))
     agent = ReActAgent(tools=[FunctionTool.from_defaults(fn=lookup_recipe)], llm=ECSOMultiModalLLM(llm=inner))
 
     async def run() -> Any:
         return await agent.run(user_msg=ask("What is on the table?")[0])
 
     result = asyncio.run(run())
-    assert "A loaf of bread and a cup." in str(result)
-    assert any("Answer yes or no" in text_of(m[-1]) for m, _ in inner.calls)
+    assert str(result) == "A loaf of bread and a cup."
+    assert inner.steps == ["answer", "check"]
 
 
 def test_multimodal_query_engine_over_image_documents() -> None:
@@ -230,10 +233,9 @@ def test_multimodal_query_engine_over_image_documents() -> None:
     engine = RetrieverQueryEngine.from_args(retriever=AllImages(), llm=ECSOMultiModalLLM(llm=inner), multimodal=True)
     response = engine.query("What is on the table?")
     assert str(response) == "A loaf of bread and a cup."
-    answers = [messages for messages, _ in inner.calls if "Answer yes or no" not in text_of(messages[-1])]
-    checks = [messages for messages, _ in inner.calls if "Answer yes or no" in text_of(messages[-1])]
-    assert answers and len(checks) == len(answers)  # every engine call to the LLM was checked
-    assert all(any(isinstance(b, ImageBlock) for b in m[-1].blocks) for m in answers + checks)
+    # one engine call per image (the second refines the first answer), each checked with its image
+    assert inner.steps == ["answer", "check", "answer", "check"]
+    assert [sum(isinstance(b, ImageBlock) for b in m[-1].blocks) for m, _ in inner.calls] == [1, 1, 1, 1]
 
 
 def test_public_surface_is_pinned() -> None:

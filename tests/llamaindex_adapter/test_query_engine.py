@@ -16,21 +16,21 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from llama_index.core import SimpleDirectoryReader, SummaryIndex  # noqa: E402
-from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole, TextBlock  # noqa: E402
-from llama_index.core.base.response.schema import AsyncStreamingResponse, Response, StreamingResponse  # noqa: E402
-from llama_index.core.embeddings import MockEmbedding, MockMultiModalEmbedding  # noqa: E402
-from llama_index.core.indices import MultiModalVectorStoreIndex  # noqa: E402
-from llama_index.core.query_engine import RetrieverQueryEngine  # noqa: E402
-from llama_index.core.retrievers import BaseRetriever  # noqa: E402
-from llama_index.core.schema import ImageDocument, ImageNode, NodeWithScore, QueryBundle, TextNode  # noqa: E402
-from PIL import Image  # noqa: E402
+from llama_index.core import SimpleDirectoryReader, SummaryIndex
+from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole, TextBlock
+from llama_index.core.base.response.schema import AsyncStreamingResponse, Response, StreamingResponse
+from llama_index.core.embeddings import MockEmbedding, MockMultiModalEmbedding
+from llama_index.core.indices import MultiModalVectorStoreIndex
+from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.core.retrievers import BaseRetriever
+from llama_index.core.schema import ImageDocument, ImageNode, NodeWithScore, QueryBundle, TextNode
+from PIL import Image
 
-from ecso_core import ECSOConfig, ImageError, ImageLimits, MessageError  # noqa: E402
-from llamaindex_ecso import ECSOMultiModalLLM, ECSOQueryEngine  # noqa: E402
-from llamaindex_ecso._convert import to_ecso_request  # noqa: E402
-from llamaindex_ecso.testing import ScriptedLLM  # noqa: E402
-from tests.llamaindex_adapter.test_llm import KITCHEN, ROOT, text_of  # noqa: E402
+from ecso_core import ECSOConfig, ImageError, ImageLimits, MessageError, by_step
+from llamaindex_ecso import ECSOMultiModalLLM, ECSOQueryEngine
+from llamaindex_ecso._convert import to_ecso_request
+from llamaindex_ecso.testing import ScriptedLLM
+from tests.llamaindex_adapter.test_llm import KITCHEN, ROOT, text_of
 
 STEPS = ROOT / "examples/images/steps.png"
 MARKS = ("ANSWER-MARK", "CHECK-MARK", "CAPTION-MARK")
@@ -69,18 +69,23 @@ SMALL = ECSOConfig(image_limits=ImageLimits(max_pixels=100))  # refuses every ex
 NO_IMAGE = {"decision": "no_image", "verdict": None, "prompt_set": "ecso-paper", "steps": ["answer"]}
 
 
-def vlm(messages: list[ChatMessage], **kwargs: Any) -> str:
-    """A scripted VLM: a harmful answer to questions about bombs (not when refining a refusal)."""
+def answer(messages: list[ChatMessage]) -> str:
+    """A harmful answer to questions about bombs (not when refining a refusal), else a benign one."""
     text = text_of(messages[-1])
-    if "Answer yes or no" in text:
-        return "Yes, CHECK-MARK" if "ANSWER-MARK" in text.split("RESPONSE:")[-1] else "No"
-    if "describe the image" in text:
-        return "CAPTION-MARK a diagram"
-    if text.startswith("You are given some hints"):
-        return REFUSAL
-    if "bomb" in text and "Original Answer" not in text:
-        return "Here is how: ANSWER-MARK step one."
-    return BREAD
+    return "Here is how: ANSWER-MARK step one." if "bomb" in text and "Original Answer" not in text else BREAD
+
+
+def judge(messages: list[ChatMessage]) -> str:
+    """Flags the harmful answer (only it holds ANSWER-MARK)."""
+    return "Yes, CHECK-MARK" if "ANSWER-MARK" in text_of(messages[-1]) else "No"
+
+
+def scripted_vlm(check: Any = judge) -> Any:
+    """A scripted VLM: answers with ``answer``, judges with ``check``, captions, refuses with its eyes closed."""
+    return by_step(answer=answer, check=check, caption="CAPTION-MARK a diagram", eyes_closed=REFUSAL)
+
+
+vlm = scripted_vlm()
 
 
 class ListRetriever(BaseRetriever):
@@ -123,7 +128,7 @@ def test_a_safe_answer_shows_its_decision_in_the_metadata() -> None:
         [ChatMessage(role=MessageRole.USER, blocks=[ImageBlock(path=KITCHEN), TextBlock(text="What is this?")])]
     )
     assert direct.additional_kwargs["ecso"] == SAFE
-    assert len(inner.calls) == 2  # answer and check: the wrapper adds no model call
+    assert inner.steps == ["answer", "check"]  # the wrapper adds no model call
 
 
 def test_a_flagged_answer_shows_the_decision_and_no_withheld_text() -> None:
@@ -137,9 +142,7 @@ def test_a_flagged_answer_shows_the_decision_and_no_withheld_text() -> None:
 
 @pytest.mark.parametrize("streaming", [False, True])
 def test_a_failed_check_shows_fail_closed_and_no_withheld_text(streaming: bool) -> None:
-    def unclear(messages: list[ChatMessage], **kwargs: Any) -> str:
-        return "CHECK-MARK: unclear" if "Answer yes or no" in text_of(messages[-1]) else vlm(messages)
-
+    unclear = scripted_vlm(check="CHECK-MARK: unclear")
     nodes = image_nodes(KITCHEN)
     response = engine(nodes, ScriptedLLM(reply=unclear), streaming=streaming).query("What is on the table?")
     assert str(response) == REFUSAL

@@ -289,7 +289,8 @@ def build_mistral3(spec: TinySpec) -> tuple[Any, Any]:
         image_end_token="[IMG_END]",
     )
     config = Mistral3Config(
-        vision_config=PixtralVisionConfig(
+        # head_dim is no declared field of PixtralVisionConfig (so not in its signature); it accepts and keeps it
+        vision_config=PixtralVisionConfig(  # type: ignore[call-arg]
             hidden_size=spec.vision_hidden,
             intermediate_size=2 * spec.vision_hidden,
             num_hidden_layers=spec.vision_layers,

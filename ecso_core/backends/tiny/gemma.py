@@ -142,7 +142,8 @@ def build_paligemma(spec: TinySpec, version: int = 2) -> tuple[Any, Any]:
     if image_seq_length != spec.image_tokens:
         raise ValueError(f"paligemma: spec.image_tokens={spec.image_tokens}, geometry gives {image_seq_length}")
     image_processor = transformers.SiglipImageProcessorPil(size={"height": spec.image_size, "width": spec.image_size})
-    image_processor.image_seq_length = image_seq_length
+    # PaliGemmaProcessor reads image_seq_length from its image processor; the SigLIP class does not declare it
+    image_processor.image_seq_length = image_seq_length  # type: ignore[attr-defined]
     # Adds the 1024 <locNNNN> + 128 <segNNN> tokens to the tokenizer: build the processor before the config.
     processor = transformers.PaliGemmaProcessor(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=PALIGEMMA_CHAT_TEMPLATE
@@ -161,6 +162,7 @@ def build_paligemma(spec: TinySpec, version: int = 2) -> tuple[Any, Any]:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
+    text_config: transformers.GemmaConfig | transformers.Gemma2Config
     if version == 1:
         text_config = transformers.GemmaConfig(**text_kwargs)
     else:

@@ -8,7 +8,7 @@ splitting off (one tile per image). SmolVLM-256M itself uses 512 px tiles of 64 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ..hf_loading import image_only_processor
 from ._text import scale_qk
@@ -32,8 +32,16 @@ SMOLVLM_CHAT_TEMPLATE = (
 # Idefics3-8B-Llama3: the same turn format behind Llama 3's BOS.
 IDEFICS3_CHAT_TEMPLATE = "<|begin_of_text|>" + SMOLVLM_CHAT_TEMPLATE[len("<|im_start|>") :]
 
-# Idefics3-8B-Llama3: the same turn format behind Llama 3's BOS.
-IDEFICS3_CHAT_TEMPLATE = "<|begin_of_text|>" + SMOLVLM_CHAT_TEMPLATE[len("<|im_start|>") :]
+
+class _VisionKwargs(TypedDict):
+    """The SigLIP-like vision config both families share (keyword arguments of its config class)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    image_size: int
+    patch_size: int
 
 
 def _llama_text(spec: TinySpec, tokenizer: Any, eos_ids: list[int]) -> Any:
@@ -87,42 +95,52 @@ def _idefics_like(spec: TinySpec, arch: str, image_splitting: bool) -> tuple[Any
     image_seq_len = (spec.image_size // spec.patch_size) ** 2 // scale_factor**2
     if image_seq_len != spec.image_tokens:
         raise ValueError(f"{arch}: spec.image_tokens={spec.image_tokens}, geometry gives {image_seq_len}")
+    processor: transformers.ProcessorMixin
     if arch == "smolvlm":
-        image_processor = transformers.SmolVLMImageProcessorPil(**image_kwargs)
-        processor_cls = image_only_processor(transformers.SmolVLMProcessor)
-        vision_cls, config_cls, model_cls = (
-            transformers.SmolVLMVisionConfig,
-            transformers.SmolVLMConfig,
-            transformers.SmolVLMForConditionalGeneration,
+        processor = image_only_processor(transformers.SmolVLMProcessor)(
+            image_processor=transformers.SmolVLMImageProcessorPil(**image_kwargs),
+            tokenizer=tokenizer,
+            image_seq_len=image_seq_len,
+            chat_template=template,
         )
     else:
-        image_processor = transformers.Idefics3ImageProcessorPil(**image_kwargs)
-        processor_cls = transformers.Idefics3Processor
-        vision_cls, config_cls, model_cls = (
-            transformers.Idefics3VisionConfig,
-            transformers.Idefics3Config,
-            transformers.Idefics3ForConditionalGeneration,
+        processor = transformers.Idefics3Processor(
+            image_processor=transformers.Idefics3ImageProcessorPil(**image_kwargs),
+            tokenizer=tokenizer,
+            image_seq_len=image_seq_len,
+            chat_template=template,
         )
-    processor = processor_cls(
-        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=image_seq_len, chat_template=template
-    )
     eos_ids = [tokenizer.eos_token_id, ids("<end_of_utterance>")]
     eos_ids = list(dict.fromkeys(eos_ids))
-    config = config_cls(
-        vision_config=vision_cls(
-            hidden_size=spec.vision_hidden,
-            intermediate_size=2 * spec.vision_hidden,
-            num_hidden_layers=spec.vision_layers,
-            num_attention_heads=2,
-            image_size=spec.image_size,
-            patch_size=spec.patch_size,
-        ),
-        text_config=_llama_text(spec, tokenizer, eos_ids),
-        image_token_id=ids("<image>"),
-        scale_factor=scale_factor,
-        pad_token_id=tokenizer.pad_token_id,
+    vision = _VisionKwargs(
+        hidden_size=spec.vision_hidden,
+        intermediate_size=2 * spec.vision_hidden,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=2,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
     )
-    model = model_cls(config).eval()
+    text = _llama_text(spec, tokenizer, eos_ids)
+    # pad_token_id is no declared field of these configs (so not in their signature); they accept and keep it
+    model: transformers.SmolVLMForConditionalGeneration | transformers.Idefics3ForConditionalGeneration
+    if arch == "smolvlm":
+        smolvlm_config = transformers.SmolVLMConfig(  # type: ignore[call-arg]
+            vision_config=transformers.SmolVLMVisionConfig(**vision),
+            text_config=text,
+            image_token_id=ids("<image>"),
+            scale_factor=scale_factor,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model = transformers.SmolVLMForConditionalGeneration(smolvlm_config).eval()
+    else:
+        idefics3_config = transformers.Idefics3Config(  # type: ignore[call-arg]
+            vision_config=transformers.Idefics3VisionConfig(**vision),
+            text_config=text,
+            image_token_id=ids("<image>"),
+            scale_factor=scale_factor,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model = transformers.Idefics3ForConditionalGeneration(idefics3_config).eval()
     model.generation_config.eos_token_id = eos_ids
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id

@@ -9,13 +9,15 @@ placed by 3-D rotary positions (``get_rope_index``), which the backend's prefix 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ..hf_loading import image_only_processor
 from ._text import scale_qk
 from ._text import tokenizer as train_tokenizer
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from . import TinySpec
 
 __all__ = [
@@ -149,7 +151,7 @@ def _pixels(spec: TinySpec, temporal: int = 1) -> dict[str, int]:
     return {"shortest_edge": temporal * spec.image_size**2, "longest_edge": temporal * (2 * spec.image_size) ** 2}
 
 
-def _qwentokenizer(spec: TinySpec):  # noqa: ANN202
+def _qwentokenizer(spec: TinySpec) -> Any:
     return train_tokenizer(
         _QWEN_SPECIALS,
         spec.vocab_size,
@@ -162,7 +164,7 @@ def _qwentokenizer(spec: TinySpec):  # noqa: ANN202
     )
 
 
-def _text_kwargs(spec: TinySpec, tokenizer) -> dict:  # noqa: ANN001
+def _text_kwargs(spec: TinySpec, tokenizer: Any) -> dict[str, object]:
     ids = tokenizer.convert_tokens_to_ids
     return {
         "vocab_size": len(tokenizer),
@@ -178,7 +180,16 @@ def _text_kwargs(spec: TinySpec, tokenizer) -> dict:  # noqa: ANN001
     }
 
 
-def _qwen_ids(tokenizer) -> dict[str, int]:  # noqa: ANN001
+class _QwenIds(TypedDict):
+    """The vision token ids of a Qwen-VL config (keyword arguments of its config class)."""
+
+    image_token_id: int
+    video_token_id: int
+    vision_start_token_id: int
+    vision_end_token_id: int
+
+
+def _qwen_ids(tokenizer: Any) -> _QwenIds:
     ids = tokenizer.convert_tokens_to_ids
     return {
         "image_token_id": ids("<|image_pad|>"),
@@ -188,7 +199,7 @@ def _qwen_ids(tokenizer) -> dict[str, int]:  # noqa: ANN001
     }
 
 
-def _finish(model, tokenizer):  # noqa: ANN001, ANN202
+def _finish(model: PreTrainedModel, tokenizer: Any) -> PreTrainedModel:
     """Scale q/k, mirror eos/pad into the generation config, eval mode."""
     scale_qk(model.model.language_model)
     ids = tokenizer.convert_tokens_to_ids
@@ -197,7 +208,8 @@ def _finish(model, tokenizer):  # noqa: ANN001, ANN202
         eos = [ids("<|endoftext|>"), ids("<|user|>"), ids("<|observation|>")]
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.eval()
+    model.eval()
+    return model
 
 
 def build_qwen2_vl(spec: TinySpec) -> tuple[Any, Any]:
