@@ -236,3 +236,25 @@ def test_transformers_streams_pause_for_checks_and_a_flag_stops_generation() -> 
     assert result.verdict is not None
     assert result.verdict.unsafe
     assert answer.usage.completion_tokens < 48  # stopped at the first window, not generated to the end
+
+
+def test_each_progressive_check_reuses_the_previous_ones_prefix_exactly() -> None:
+    pytest.importorskip("transformers")
+    from ecso_core import load_backend
+
+    backend = load_backend("tiny-random:llava-small")
+    req = request().model_copy(update={"params": GenerationParams(max_new_tokens=48)})
+    config = ECSOConfig(stream="progressive", stream_window_chars=16, verdict_threshold=1.0, min_score_mass=0.0)
+
+    def scores(result: ECSOResult) -> list[float]:
+        return [float(s.output.split()[0].split("=")[1]) for s in result.steps if s.name == "check" and s.output]
+
+    before = backend.reused_calls
+    fast = list(ECSO(backend, config).stream(req))[-1].result
+    checks = sum(s.name == "check" for s in fast.steps)
+    assert checks >= 3
+    assert backend.reused_calls - before >= checks - 1  # every check after the first started from a cached prefix
+    with backend.reuse_disabled():
+        plain = list(ECSO(backend, config).stream(req))[-1].result
+    assert fast.answer == plain.answer
+    assert scores(fast) == pytest.approx(scores(plain), abs=1e-4)

@@ -253,6 +253,12 @@ class TransformersBackend(BackendBase):
         """The next-token distribution after each prompt (one forward pass), and the prompts' token counts."""
         inputs, prompt_tokens = self._encode(requests)
         plan = self._plan(requests, inputs)
+        # Keep this prompt's cache too: a later, longer prompt about the same image (progressive checks
+        # of a growing answer) then computes only what it adds.
+        keep = self._reuse and self._prefix_cache is not None and any(r.images for r in requests)
+        full_ids, full_mask = (
+            (plan.input_ids, plan.attention_mask) if plan else (inputs["input_ids"], inputs["attention_mask"])
+        )
         if plan is not None:
             self.reused_calls += 1
             positions = (plan.attention_mask.cumsum(-1) - 1).clamp(min=0)[:, plan.cached :]
@@ -268,10 +274,13 @@ class TransformersBackend(BackendBase):
         with self._lock, torch.inference_mode():
             self._forget_call_state()
             try:
-                logits = self.model(**self._on_device(inputs), logits_to_keep=1).logits[:, -1, :]
+                output = self.model(**self._on_device(inputs), logits_to_keep=1, use_cache=keep)
             except (RuntimeError, ValueError) as exc:
                 raise BackendError(f"{self.name} forward pass failed: {exc}") from exc
-        return torch.softmax(logits.float(), dim=-1).cpu(), prompt_tokens
+        if keep and self._prefix_cache is not None:
+            digests = [_digests(r) for r in requests]
+            self._prefix_cache.store(digests, full_ids, full_mask, _output_cache(output), self._window)
+        return torch.softmax(output.logits[:, -1, :].float(), dim=-1).cpu(), prompt_tokens
 
     @contextmanager
     def reuse_disabled(self) -> Iterator[None]:
