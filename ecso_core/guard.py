@@ -142,7 +142,36 @@ class ECSO(BackendBase):
         eyes-closed answer streams as the model writes it. ``"progressive"``: see
         :mod:`ecso_core.progressive` (text leaves window by window, each checked safe first).
         """
-        prepared = self._prepare(request)
+        yield from self._stream_prepared(self._prepare(request))
+
+    async def astream(self, request: ChatRequest) -> AsyncGenerator[ECSOStreamEvent, None]:
+        """Async :meth:`stream`: the steps run in a worker thread, one event at a time.
+
+        Cancelled (or closed early), it cancels the request's token first, so that the model stops at its
+        next token, then lets the worker finish its step before closing the stream.
+        """
+        prepared = await asyncio.to_thread(self._prepare, request)
+        token = prepared.cancel
+        assert token is not None
+        events = self._stream_prepared(prepared)
+        # One context for every step: generators inside (LangChain's stream) set context variables in
+        # one step and reset them in a later one, which needs the same context each time.
+        context = contextvars.copy_context()
+        pending: asyncio.Future[ECSOStreamEvent | None] | None = None
+        try:
+            while True:
+                pending = asyncio.ensure_future(asyncio.to_thread(context.run, _next_or_none, events))
+                event = await asyncio.shield(pending)  # a cancelled caller must not orphan the worker's step
+                if event is None:
+                    return
+                yield event
+        finally:
+            if pending is not None and not pending.done():
+                token.cancel("the stream was cancelled")
+                await asyncio.wait([pending])
+            events.close()
+
+    def _stream_prepared(self, prepared: ChatRequest) -> Generator[ECSOStreamEvent, None, None]:
         token = prepared.cancel
         assert token is not None
         finished = False
@@ -154,27 +183,6 @@ class ECSO(BackendBase):
                 token.cancel("the stream was closed")
         self._record(result)
         yield StreamEnd(result=result)
-
-    async def astream(self, request: ChatRequest) -> AsyncGenerator[ECSOStreamEvent, None]:
-        """Async :meth:`stream`: the steps run in a worker thread, one event at a time."""
-        events = self.stream(request)
-        # One context for every step: generators inside (LangChain's stream) set context variables in
-        # one step and reset them in a later one, which needs the same context each time.
-        context = contextvars.copy_context()
-        pending: asyncio.Future[ECSOStreamEvent | None] | None = None
-        try:
-            while True:
-                pending = asyncio.ensure_future(asyncio.to_thread(context.run, _next_or_none, events))
-                event = await pending
-                if event is None:
-                    return
-                yield event
-        finally:
-            if pending is not None and not pending.done():
-                # Cancelled while the worker runs a step: the generator is busy in that thread; let the
-                # step end (closing the stream cancels the request's token, which stops the model).
-                await asyncio.wait([pending])
-            events.close()
 
     def _driver(self, prepared: ChatRequest) -> Generator[Any, None, ECSOResult]:
         """The single-request drive of :meth:`stream`: progressive where it applies, else the whole flow."""

@@ -208,3 +208,44 @@ async def test_a_streaming_inner_langchain_model_never_reaches_event_streams() -
     assert "BAD" not in repr(events)
     assert "more0" not in repr(events)
     assert {e["name"] for e in events if e["event"] == "on_chat_model_start"} == {"ChatECSO"}
+
+
+def test_a_progressive_server_stream_is_bounded_in_time_and_stops_the_model() -> None:
+    pytest.importorskip("fastapi")
+    import time
+
+    from ecso_core.server import create_app
+    from tests.test_server import live
+
+    class Slow(StreamingModel):
+        def stream_generate(self, request: Any) -> Any:
+            for piece in super().stream_generate(request):
+                if isinstance(piece, str):
+                    time.sleep(0.05)
+                yield piece
+
+    model = Slow(" ".join(f"w{i}" for i in range(400)))
+    body = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Describe the picture."},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+                ],
+            }
+        ],
+        "stream": True,
+    }
+    with live(create_app(ECSO(model, CONFIG), request_timeout_s=1.0)) as url:
+        start = time.monotonic()
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=20) as response:
+            lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+        elapsed = time.monotonic() - start
+        time.sleep(0.3)  # the stopped generation does not go on pulling words
+        pulled = model.pulled
+    assert elapsed < 3
+    errors = [json.loads(line[6:]) for line in lines[:-1] if "error" in json.loads(line[6:])]
+    assert len(errors) == 1
+    assert "no complete answer within 1 s" in errors[0]["error"]["message"]
+    assert pulled < 60

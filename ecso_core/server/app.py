@@ -177,7 +177,7 @@ def create_app(
             if body.stream and isinstance(backend, ECSO) and backend.config.stream == "progressive":
                 # Progressive streams leave window by window as each is checked: no batching, no waiting.
                 service.metrics.requests.labels("200").inc()
-                events = _progressive_sse(backend, chat_request, name, audit, usage, budget, pixels)
+                events = _progressive_sse(backend, chat_request, name, audit, usage, budget, pixels, request_timeout_s)
                 return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
             answer = asyncio.ensure_future(service.complete(chat_request))
             answer.add_done_callback(lambda _: budget.release(pixels) if pixels else None)
@@ -280,19 +280,35 @@ async def _late_sse(
 
 
 async def _progressive_sse(
-    guard: ECSO, request: ChatRequest, name: str, audit: bool, usage: bool, budget: PixelBudget, pixels: int
+    guard: ECSO,
+    request: ChatRequest,
+    name: str,
+    audit: bool,
+    usage: bool,
+    budget: PixelBudget,
+    pixels: int,
+    timeout_s: float,
 ) -> AsyncIterator[bytes]:
     """The SSE stream of ``config.stream="progressive"``: deltas as the guard releases them.
 
     Each delta is checked-safe text or the eyes-closed answer; then the finish chunk with ``ecso``.
-    Closing the stream (a client gone) stops the request's work.
+    Closing the stream (a client gone) or passing ``timeout_s`` stops the request's work; a timeout
+    arrives as an in-band error event.
     """
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     events = guard.astream(request)
+    deadline = time.monotonic() + timeout_s
     try:
         yield _data(chunk_body(completion_id, name, created, {"role": "assistant", "content": ""}))
         try:
-            async for event in events:
+            while True:
+                left = deadline - time.monotonic()
+                try:
+                    event = await asyncio.wait_for(events.__anext__(), timeout=max(left, 0.0))
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    raise BackendTimeoutError(f"no complete answer within {timeout_s:g} s") from None
                 if isinstance(event, TextDelta):
                     yield _data(chunk_body(completion_id, name, created, {"content": event.text}))
                 elif isinstance(event, StreamEnd):
