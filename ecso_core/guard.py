@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, Literal, Union
@@ -157,18 +158,31 @@ class ECSO(BackendBase):
         # One context for every step: generators inside (LangChain's stream) set context variables in
         # one step and reset them in a later one, which needs the same context each time.
         context = contextvars.copy_context()
-        pending: asyncio.Future[ECSOStreamEvent | None] | None = None
+        idle = threading.Event()  # no step of ``events`` is running in a worker thread
+        idle.set()
+
+        def step() -> ECSOStreamEvent | None:
+            idle.clear()
+            try:
+                return context.run(_next_or_none, events)
+            finally:
+                idle.set()
+
         try:
             while True:
-                pending = asyncio.ensure_future(asyncio.to_thread(context.run, _next_or_none, events))
-                event = await asyncio.shield(pending)  # a cancelled caller must not orphan the worker's step
+                # Shielded: a cancelled caller must not leave the worker's step running unawaited.
+                event = await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(step)))
                 if event is None:
                     return
                 yield event
         finally:
-            if pending is not None and not pending.done():
+            if not idle.is_set():  # cancelled mid-step: stop the model, then close once the step ends
                 token.cancel("the stream was cancelled")
-                await asyncio.wait([pending])
+                try:
+                    await asyncio.to_thread(idle.wait)
+                except asyncio.CancelledError:  # cancelled again (a loop shutting down): close from a thread
+                    threading.Thread(target=_close_when_idle, args=(events, idle), daemon=True).start()
+                    raise
             events.close()
 
     def _stream_prepared(self, prepared: ChatRequest) -> Generator[ECSOStreamEvent, None, None]:
@@ -401,6 +415,11 @@ def _as_backend_error(exc: BaseException, backend: VisionChatBackend) -> ECSOErr
 def _step_events(calls: list[ModelCall]) -> Iterator[StepEvent]:
     for step in dict.fromkeys(call.step for call in calls):
         yield StepEvent(step=step)
+
+
+def _close_when_idle(events: Generator[ECSOStreamEvent, None, None], idle: threading.Event) -> None:
+    idle.wait()
+    events.close()
 
 
 def _next_or_none(events: Iterator[ECSOStreamEvent]) -> ECSOStreamEvent | None:

@@ -94,8 +94,8 @@ def progressive_stream(
         pieces.close()
     answer = _answer_reply(text, final, verdict)
     context.steps.insert(0, _answer_trace(answer_request, answer, time.perf_counter() - start))
-    if verdict is None or verdict.unsafe is False:  # ended: judge what is still held back
-        if text[released:].strip() or released == 0:
+    if verdict is None or verdict.unsafe is False:  # ended: judge whatever is still held back, spaces too
+        if len(text) > released or released == 0:
             verdict = yield from _judge(context, text, released, execute)
     if verdict is not None and verdict.unsafe is False:
         if len(text) > released:

@@ -258,3 +258,22 @@ def test_each_progressive_check_reuses_the_previous_ones_prefix_exactly() -> Non
         plain = list(ECSO(backend, config).stream(req))[-1].result
     assert fast.answer == plain.answer
     assert scores(fast) == pytest.approx(scores(plain), abs=1e-4)
+
+
+def test_a_tail_of_whitespace_and_separators_is_judged_before_it_leaves() -> None:
+    tail = "\x1c\x1d\x1e\x1f\x85\u2028\u2029\u3000"  # all str.isspace(): must not ride on an earlier verdict
+
+    class Tail(StreamingModel):
+        def stream_generate(self, request: ChatRequest) -> Iterator[str | ChatReply]:
+            if current_step() != "answer":
+                yield from super().stream_generate(request)
+                return
+            yield "a" * 20  # a full window: judged and released
+            yield tail  # shorter than a window: held back until the end
+            yield ChatReply(text="a" * 20 + tail, finish_reason="stop")
+
+    model = Tail("")
+    released, result = released_in_order(model, ECSO(model, progressive(window=16)))
+    assert released == "a" * 20 + tail
+    assert model.judged_safe == ["a" * 20, "a" * 20 + tail]
+    assert result.decision == "safe"

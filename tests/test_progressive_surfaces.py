@@ -249,3 +249,31 @@ def test_a_progressive_server_stream_is_bounded_in_time_and_stops_the_model() ->
     assert len(errors) == 1
     assert "no complete answer within 1 s" in errors[0]["error"]["message"]
     assert pulled < 60
+
+
+async def test_a_progressive_sse_times_out_on_time_even_while_a_step_blocks() -> None:
+    pytest.importorskip("fastapi")
+    import time
+
+    from ecso_core import ChatReply
+    from ecso_core.server.admission import PixelBudget
+    from ecso_core.server.app import _progressive_sse
+    from ecso_core.steps import current_step
+
+    class Stall(StreamingModel):
+        def stream_generate(self, request: Any) -> Any:
+            if current_step() != "answer":
+                yield from super().stream_generate(request)
+                return
+            yield "hello "
+            time.sleep(3)  # an upstream stalled between two tokens
+            yield "world"
+            yield ChatReply(text="hello world", finish_reason="stop")
+
+    guard = ECSO(Stall(""), ECSOConfig(stream="progressive", stream_window_chars=16))
+    start = time.monotonic()
+    lines = [line async for line in _progressive_sse(guard, request(), "m", False, False, PixelBudget(1), 0, 0.5)]
+    assert time.monotonic() - start < 1.5
+    assert b"no complete answer within 0.5 s" in lines[-2]
+    assert lines[-1] == b"data: [DONE]\n\n"
+    assert not any(b"hello" in line for line in lines)  # held back: never judged

@@ -12,7 +12,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -298,17 +298,20 @@ async def _progressive_sse(
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     events = guard.astream(request)
     deadline = time.monotonic() + timeout_s
+    step: asyncio.Future[Any] | None = None
     try:
         yield _data(chunk_body(completion_id, name, created, {"role": "assistant", "content": ""}))
         try:
             while True:
-                left = deadline - time.monotonic()
+                step = asyncio.ensure_future(events.__anext__())
+                done, _ = await asyncio.wait({step}, timeout=max(deadline - time.monotonic(), 0.0))
+                if not done:  # answer the client now; the step is stopped and awaited in the background
+                    raise BackendTimeoutError(f"no complete answer within {timeout_s:g} s")
                 try:
-                    event = await asyncio.wait_for(events.__anext__(), timeout=max(left, 0.0))
+                    event = step.result()
                 except StopAsyncIteration:
                     break
-                except asyncio.TimeoutError:
-                    raise BackendTimeoutError(f"no complete answer within {timeout_s:g} s") from None
+                step = None
                 if isinstance(event, TextDelta):
                     yield _data(chunk_body(completion_id, name, created, {"content": event.text}))
                 elif isinstance(event, StreamEnd):
@@ -320,7 +323,26 @@ async def _progressive_sse(
             yield _data(error_body(problem.message, problem.error_type, problem.code, problem.param))
         yield b"data: [DONE]\n\n"
     finally:
-        await events.aclose()  # a client gone mid-stream: the guard cancels the request's work
+        # A timeout or a client gone mid-stream: stop the guard's work (its token is cancelled when the
+        # pending step is) without keeping the client waiting for the step to unwind.
+        closing = asyncio.ensure_future(_close_stream(events, step, budget, pixels))
+        _BACKGROUND.add(closing)
+        closing.add_done_callback(_BACKGROUND.discard)
+
+
+_BACKGROUND: set[asyncio.Future[Any]] = set()  # closings in flight (kept referenced until they end)
+
+
+async def _close_stream(
+    events: AsyncGenerator[Any, None], step: asyncio.Future[Any] | None, budget: PixelBudget, pixels: int
+) -> None:
+    """Cancel a pending step of a guard stream, let it unwind, close the stream, free its pixels."""
+    try:
+        if step is not None and not step.done():
+            step.cancel()
+            await asyncio.gather(step, return_exceptions=True)
+        await events.aclose()
+    finally:
         if pixels:
             budget.release(pixels)
 
