@@ -256,6 +256,14 @@ class TransformersBackend(BackendBase):
         # Keep this prompt's cache too: a later, longer prompt about the same image (progressive checks
         # of a growing answer) then computes only what it adds.
         keep = self._reuse and self._prefix_cache is not None and any(r.images for r in requests)
+        if plan is None and not bool(inputs["attention_mask"].all()):
+            # A plain pass over a left-padded batch places padded rows at shifted positions (harmless to
+            # its own logits under RoPE, not to a cache reused at generation's positions): not kept.
+            keep = False
+        if plan is not None and not all(
+            bool(row[len(row) - int(row.sum()) :].all()) for row in plan.attention_mask
+        ):  # a ragged reused batch has padding between a row's prefix and its new tokens: not a prompt cache
+            keep = False
         full_ids, full_mask = (
             (plan.input_ids, plan.attention_mask) if plan else (inputs["input_ids"], inputs["attention_mask"])
         )
