@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-from .backends.base import VisionChatBackend
+from .backends.base import VisionChatBackend, whole_answer_stream
 from .errors import CheckFailedError
 from .flow import FlowContext, ModelCall, Outcome, after_answer, begin, check_answer
 from .result import ECSOResult, StepTrace, Verdict
@@ -40,13 +40,7 @@ def stream_reply(backend: VisionChatBackend, request: ChatRequest) -> Generator[
     Lazy: the backend is called at the first ``next()``; closing it closes the backend's stream.
     """
     stream = getattr(backend, "stream_generate", None)
-    if stream is None:
-        (reply,) = backend.generate([request])
-        if reply.text:
-            yield reply.text
-        yield reply
-        return
-    pieces: Iterator[str | ChatReply] = stream(request)
+    pieces: Iterator[str | ChatReply] = stream(request) if stream is not None else whole_answer_stream(backend, request)
     try:
         yield from pieces
     finally:

@@ -10,7 +10,7 @@ from .._model import ECSOModel
 from ..errors import CapabilityError, ConfigError
 from ..types import ChatReply, ChatRequest, YesNoScore
 
-__all__ = ["BackendBase", "BackendCapabilities", "VisionChatBackend", "check_capabilities"]
+__all__ = ["BackendBase", "BackendCapabilities", "VisionChatBackend", "check_capabilities", "whole_answer_stream"]
 
 
 class BackendCapabilities(ECSOModel):
@@ -58,6 +58,14 @@ class VisionChatBackend(Protocol):
         ...
 
 
+def whole_answer_stream(backend: VisionChatBackend, request: ChatRequest) -> Iterator[str | ChatReply]:
+    """``backend``'s answer to ``request`` as a stream in one piece: its text as one delta, then the reply."""
+    (reply,) = backend.generate([request])
+    if reply.text:
+        yield reply.text
+    yield reply
+
+
 def check_capabilities(capabilities: BackendCapabilities, request: ChatRequest, name: str) -> None:
     """Raise :class:`CapabilityError` when ``request`` needs what the backend lacks."""
     count = len(request.images)
@@ -94,10 +102,7 @@ class BackendBase:
         A consumer may do other model calls between two deltas (progressive checks), and closing the
         iterator early stops the generation.
         """
-        (reply,) = self.generate([request])
-        if reply.text:
-            yield reply.text
-        yield reply
+        return whole_answer_stream(self, request)
 
     def score_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
         """Not supported unless a subclass says so."""

@@ -38,6 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 from .hf_loading import load_pretrained
 from .hf_probe import probe_image_cache, probe_prefix_reuse
 from .hf_reuse import CachedImageProcessor, PrefixCache, ReusePlan, image_token_ids, plan_reuse
+from .hf_stopping import Pacer, StopCancelled
 
 _log = logging.getLogger("ecso")
 
@@ -369,7 +370,7 @@ class TransformersBackend(BackendBase):
         check_capabilities(self.capabilities, request, self.name)
         params = self._resolved(request.params)
         handoff: queue.Queue[Any] = queue.Queue()
-        pacer = _Pacer(self, handoff)
+        pacer = Pacer(self, handoff)
         worker = threading.Thread(
             target=self._stream_worker, args=(request, params, pacer, handoff), name="ecso-stream", daemon=True
         )
@@ -388,7 +389,7 @@ class TransformersBackend(BackendBase):
             worker.join()
 
     def _stream_worker(
-        self, request: ChatRequest, params: GenerationParams, pacer: _Pacer, handoff: queue.Queue[Any]
+        self, request: ChatRequest, params: GenerationParams, pacer: Pacer, handoff: queue.Queue[Any]
     ) -> None:
         try:
             (reply,) = self._generate_batch([request], params, pacer)
@@ -397,7 +398,7 @@ class TransformersBackend(BackendBase):
             handoff.put(exc)
 
     def _generate_batch(
-        self, requests: list[ChatRequest], params: GenerationParams, pacer: _Pacer | None = None
+        self, requests: list[ChatRequest], params: GenerationParams, pacer: Pacer | None = None
     ) -> list[ChatReply]:
         inputs, prompt_tokens = self._encode(requests)
         kwargs: dict[str, Any] = {
@@ -413,7 +414,7 @@ class TransformersBackend(BackendBase):
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         criteria: list[StoppingCriteria] = []
         if any(r.cancel is not None for r in requests):
-            criteria.append(_StopCancelled([r.cancel for r in requests]))
+            criteria.append(StopCancelled([r.cancel for r in requests]))
         if pacer is not None:
             pacer.start(inputs["input_ids"].shape[1])
             criteria.append(pacer)
@@ -508,71 +509,6 @@ _CANCELLED = ChatReply(finish_reason="cancelled")
 
 def _cancelled(request: ChatRequest) -> bool:
     return request.cancel is not None and request.cancel.cancelled
-
-
-class _StopCancelled(StoppingCriteria):
-    """Ends the rows of a batch whose request was cancelled, at the next generated token."""
-
-    def __init__(self, tokens: list[Any]) -> None:
-        self.tokens = tokens
-        self._none: Any = None  # the answer almost every step: built once
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        done = [token is not None and token.cancelled for token in self.tokens]
-        if any(done):
-            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-        if self._none is None:
-            self._none = torch.zeros(len(done), dtype=torch.bool, device=input_ids.device)
-        return self._none
-
-
-class _Pacer(StoppingCriteria):
-    """Hands a streamed answer's new text to the consumer and pauses generation until it asks for more.
-
-    Called by ``generate`` after every token, in the worker thread that holds the backend's lock. While
-    paused it releases the lock, so that the consumer's own model calls can run, and keeps the M-RoPE
-    state ``generate`` relies on (a call of the consumer clears it).
-    """
-
-    def __init__(self, backend: TransformersBackend, handoff: queue.Queue[Any]) -> None:
-        self.backend = backend
-        self.handoff = handoff
-        self.text = ""
-        self._prompt_length = 0
-        self._go = threading.Semaphore(0)
-        self._stopped = False
-
-    def start(self, prompt_length: int) -> None:
-        """The prompt's length in tokens: generated tokens come after it."""
-        self._prompt_length = prompt_length
-
-    def resume(self) -> None:
-        """The consumer wants the next piece."""
-        self._go.release()
-
-    def stop(self) -> None:
-        """The consumer is gone: end the generation at the next token."""
-        self._stopped = True
-        self._go.release()
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        backend = self.backend
-        tokens = [t for t in input_ids[0, self._prompt_length :].tolist() if t not in backend._stop_ids]
-        text = backend.tokenizer.decode(tokens, skip_special_tokens=True).lstrip()
-        delta = text[len(self.text) :] if text.startswith(self.text) else ""
-        if delta and not delta.endswith("\ufffd") and not self._stopped:  # a whole character: hand it over
-            self.text = text
-            holder = getattr(backend.model, "model", backend.model)
-            rope = getattr(holder, "rope_deltas", None)
-            self.handoff.put(delta)
-            backend._lock.release()  # the consumer may use the model until it asks for more
-            try:
-                self._go.acquire()
-            finally:
-                backend._lock.acquire()
-            if rope is not None:
-                holder.rope_deltas = rope
-        return torch.full((input_ids.shape[0],), self._stopped, dtype=torch.bool, device=input_ids.device)
 
 
 def _output_cache(output: Any) -> Any:
