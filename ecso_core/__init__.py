@@ -36,6 +36,7 @@ from .errors import (
     RequestCancelledError,
 )
 from .guard import ECSO, ECSOStreamEvent, StepEvent, StreamEnd, TextDelta
+from .judging import JUDGE_PROFILES, JudgeProfile, register_judge_profile
 from .prompts import PROMPT_SETS, PromptSet, register_prompt_set
 from .result import ECSOResult, StepTrace, Verdict
 from .types import (
@@ -57,6 +58,7 @@ __version__ = "0.1.0"  # the one version source (pyproject reads it)
 
 __all__ = [
     "ECSO",
+    "JUDGE_PROFILES",
     "PROMPT_SETS",
     "BackendBase",
     "BackendCapabilities",
@@ -81,6 +83,7 @@ __all__ = [
     "ImagePart",
     "ImageURL",
     "InputError",
+    "JudgeProfile",
     "Message",
     "MessageError",
     "MissingDependencyError",
@@ -102,6 +105,7 @@ __all__ = [
     "__version__",
     "by_step",
     "load_backend",
+    "register_judge_profile",
     "register_prompt_set",
 ]
 

@@ -28,6 +28,14 @@ class ECSOConfig(ECSOModel):
     guard is built (:class:`~ecso_core.guard.ECSO` raises ``ConfigError`` for an unknown set)."""
     prompt_overrides: dict[str, str] = Field(default_factory=dict)
     """Replace single templates of the set, e.g. ``{"check": "..."}``."""
+    judge_profile: str = "ecso"
+    """How the check asks its judge and reads the reply (see :data:`ecso_core.judging.JUDGE_PROFILES`):
+    ``ecso`` (the paper's yes/no self-check), ``llama-guard-4``, ``llama-guard-3-vision``,
+    ``shieldgemma-2``, ``classifier``, or one registered with ``register_judge_profile``; resolved, and
+    checked, when a guard is built."""
+    gate: bool = True
+    """Off: no check runs and every request with images is captioned and answered eyes closed (the
+    "no gate" ablation some follow-up papers compare against; costs the unsafe path on every request)."""
     verdict_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     """Unsafe when P(yes) / (P(yes) + P(no)) >= this value (probability verdicts only)."""
     use_scores: bool = True

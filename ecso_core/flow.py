@@ -15,11 +15,12 @@ from typing import Literal
 
 from .config import ECSOConfig
 from .errors import CheckFailedError, MessageError
+from .judging import CheckSubject, JudgeProfile, get_judge_profile
 from .neutralize import neutralize
 from .prompts import PromptSet, get_prompt_set, sanitize_caption
 from .result import Decision, ECSOResult, StepName, StepTrace
 from .types import ChatReply, ChatRequest, ImagePart, Message, TextPart, TokenUsage, YesNoScore
-from .verdict import Verdict, combine_verdicts, verdict_from_score, verdict_from_text
+from .verdict import Verdict, combine_verdicts, verdict_from_score, worst_verdict
 
 __all__ = [
     "ModelCall",
@@ -29,6 +30,7 @@ __all__ = [
     "answer_windows",
     "begin",
     "check_answer",
+    "check_flow",
     "distinct_images",
     "ecso_flow",
     "judge_view",
@@ -147,13 +149,24 @@ def neutralize_request(request: ChatRequest) -> ChatRequest:
     return request.model_copy(update={"messages": tuple(messages)})
 
 
-def judge_view(request: ChatRequest) -> ChatRequest:
+def judge_view(request: ChatRequest, profile: JudgeProfile | None = None) -> ChatRequest:
     """What the judge is asked about ``request``: its images and text, never its tools or call options.
 
-    The check is a yes/no question with the conversation's images; a judge that cannot take the
-    caller's tools or ``response_format`` can still judge (the guard checks its capabilities on this).
+    The check is a question with the conversation's images (as many as one of ``profile``'s requests
+    carries); a judge that cannot take the caller's tools or ``response_format`` can still judge (the
+    guard checks the judge's capabilities on this).
     """
-    return request.model_copy(update={"tools": (), "tool_choice": None, "options": {}})
+    update: dict[str, object] = {"tools": (), "tool_choice": None, "options": {}}
+    limit = None if profile is None else profile.images_per_request
+    if limit is not None and len(request.images) > limit:
+        kept = set(map(id, request.images[:limit]))
+
+        def shown(message: Message) -> Message:
+            parts = tuple(p for p in message.content if not isinstance(p, ImagePart) or id(p) in kept)
+            return message.model_copy(update={"content": parts})
+
+        update["messages"] = tuple(shown(m) for m in request.messages)
+    return request.model_copy(update=update)
 
 
 @dataclass
@@ -174,6 +187,10 @@ class FlowContext:
     can_score: bool
     steps: list[StepTrace]
     """The trace, appended to by every step."""
+    profile: JudgeProfile
+    """How the check asks the judge and reads it (``config.judge_profile``)."""
+    image_verdict: Verdict | None = None
+    """An image-only judge's verdict, reached once per request (later checks of the answer reuse it)."""
 
     @property
     def answer_request(self) -> ChatRequest:
@@ -205,6 +222,7 @@ def begin(request: ChatRequest, config: ECSOConfig, *, can_score: bool = False) 
         images=distinct_images(request),
         can_score=can_score,
         steps=[],
+        profile=get_judge_profile(config.judge_profile),
     )
 
 
@@ -230,6 +248,19 @@ def ecso_flow(request: ChatRequest, config: ECSOConfig, *, can_score: bool = Fal
     answer = yield from _one(ModelCall("answer", context.answer_request), context.steps)
     assert isinstance(answer, ChatReply)
     return (yield from after_answer(context, answer))
+
+
+def check_flow(
+    request: ChatRequest, answer: str, config: ECSOConfig, *, can_score: bool = False
+) -> Generator[list[ModelCall], list[Outcome], Verdict]:
+    """Step 2 alone for an answer given from outside (evaluation with a dedicated judge): its verdict.
+
+    Raises:
+        MessageError: no user message in the conversation.
+
+    """
+    context = begin(request, config, can_score=can_score)
+    return (yield from _check(answer, context))
 
 
 def check_answer(
@@ -267,7 +298,10 @@ def after_answer(context: FlowContext, answer: ChatReply, verdict: Verdict | Non
     if not context.checked:
         return finish("no_image", answer)
 
-    # Step 2: harm-aware self-check of every window of the answer, with the same images.
+    # Step 2: harm-aware self-check of every window of the answer, with the same images (unless the
+    # gate is configured off: then every request with images takes the eyes-closed path).
+    if verdict is None and not config.gate and images:
+        verdict = Verdict(unsafe=True, method="no_gate", profile=context.profile.name)
     if verdict is None:
         verdict = yield from _check(initial, context)
 
@@ -326,44 +360,77 @@ def after_answer(context: FlowContext, answer: ChatReply, verdict: Verdict | Non
 def _check(answer: str, context: FlowContext, start: int = 0) -> Generator[list[ModelCall], list[Outcome], Verdict]:
     """Judge every window of ``answer`` reaching past ``start`` in one round; safe only if all are.
 
-    Windows the judge could not score (or scored with too little yes/no mass) are asked again for
-    text, in a second round.
+    The judge profile turns each window into its requests (one, or one per image, or per image and
+    policy). Requests the judge could not score (or scored with too little unsafe/safe mass) are asked
+    again for text in a second round, and so are unsafe scores of a profile that names categories.
     """
-    config, prompts, fence, images = context.config, context.prompts, context.fence, context.images
-    can_score, steps, cancel = context.can_score, context.steps, context.request.cancel
+    profile = context.profile
+    if not profile.judges_answer and context.image_verdict is not None:
+        return context.image_verdict  # an image classifier's verdict does not change as the answer grows
+    config, steps = context.config, context.steps
+    if profile.judges_answer:
+        windows = answer_windows(answer, config.check_response_chars, config.check_window_overlap, start)
+    else:
+        windows = [""]
+    if not profile.judges_answer and not context.images:
+        verdict = Verdict(
+            unsafe=None, method="failed", profile=profile.name, error=f"{profile.name} judges images; there are none"
+        )
+        context.image_verdict = verdict
+        return verdict
     data_query = neutralize(context.query, headers=True)
-    windows = answer_windows(answer, config.check_response_chars, config.check_window_overlap, start)
-    texts = [
-        prompts.render("check", query=data_query, response=neutralize(window, headers=True), fence=fence)
+    groups = [
+        profile.calls(
+            CheckSubject(
+                query=data_query,
+                response=neutralize(window, headers=True),
+                images=context.images,
+                prompts=context.prompts,
+                fence=context.fence,
+                params=config.check_params,
+                cancel=context.request.cancel,
+            )
+        )
         for window in windows
     ]
-    params = config.check_params
-    requests = [
-        ChatRequest(
-            messages=(Message(role="user", content=(*images, TextPart(text=text))),), params=params, cancel=cancel
-        )
-        for text in texts
-    ]
-    calls = [ModelCall("check", r, target="judge", score=can_score and config.use_scores) for r in requests]
+    judge_calls = [call for group in groups for call in group]
+    scored = context.can_score and config.use_scores and profile.scorable
+    calls = [ModelCall("check", c.request, target="judge", score=scored) for c in judge_calls]
     outcomes = yield calls
     verdicts: list[Verdict] = []
     ask_text: list[int] = []
     for index, (call, outcome) in enumerate(zip(calls, outcomes, strict=True)):
         steps.append(outcome.trace(call))
-        verdict = _verdict(outcome, config)
+        verdict = _verdict(outcome, config, profile)
         unscored = outcome.error is None and outcome.value is None
         low_mass = verdict.method == "probability" and verdict.unsafe is None and config.score_fallback == "text"
-        if unscored or low_mass:
+        name_them = verdict.method == "probability" and verdict.unsafe is True and profile.reports_categories
+        if unscored or low_mass or name_them:
             ask_text.append(index)
         verdicts.append(verdict)
     if ask_text:
-        text_calls = [ModelCall("check", requests[i], target="judge") for i in ask_text]
+        text_calls = [ModelCall("check", calls[i].request, target="judge") for i in ask_text]
         outcomes = yield text_calls
         for index, call, outcome in zip(ask_text, text_calls, outcomes, strict=True):
             steps.append(outcome.trace(call))
-            reason = verdicts[index].error
-            verdicts[index] = _verdict(outcome, config).model_copy(update={"fallback": reason})
-    return combine_verdicts(verdicts)
+            read = _verdict(outcome, config, profile)
+            if verdicts[index].unsafe is True:  # scored unsafe: the text only names the categories
+                named = read.categories if read.unsafe is True else ()
+                verdicts[index] = verdicts[index].model_copy(update={"categories": named})
+            else:
+                verdicts[index] = read.model_copy(update={"fallback": verdicts[index].error})
+    for index, judge_call in enumerate(judge_calls):
+        if verdicts[index].unsafe is True and judge_call.categories:
+            verdicts[index] = verdicts[index].model_copy(update={"categories": judge_call.categories})
+    per_window: list[Verdict] = []
+    position = 0
+    for group in groups:
+        per_window.append(worst_verdict(verdicts[position : position + len(group)]))
+        position += len(group)
+    verdict = combine_verdicts(per_window)
+    if not profile.judges_answer:
+        context.image_verdict = verdict
+    return verdict
 
 
 def _one(call: ModelCall, steps: list[StepTrace]) -> Generator[list[ModelCall], list[Outcome], ChatReply | YesNoScore]:
@@ -383,15 +450,18 @@ def _with_params(request: ChatRequest, params: object) -> ChatRequest:
     return request if params is None else request.model_copy(update={"params": params})
 
 
-def _verdict(outcome: Outcome, config: ECSOConfig) -> Verdict:
+def _verdict(outcome: Outcome, config: ECSOConfig, profile: JudgeProfile) -> Verdict:
     if outcome.error is not None:
         error = f"{type(outcome.error).__name__}: {outcome.error}"
-        return Verdict(unsafe=None, method="failed", error=error)
+        return Verdict(unsafe=None, method="failed", profile=profile.name, error=error)
     if outcome.value is None:  # the judge said it cannot score this request
-        return Verdict(unsafe=None, method="failed", error="the judge gave no token probabilities")
+        error = "the judge gave no token probabilities"
+        return Verdict(unsafe=None, method="failed", profile=profile.name, error=error)
     if isinstance(outcome.value, YesNoScore):
-        return verdict_from_score(outcome.value, config.verdict_threshold, config.min_score_mass)
-    return verdict_from_text(outcome.value.text)
+        floor = config.min_score_mass if profile.min_score_mass is None else profile.min_score_mass
+        verdict = verdict_from_score(outcome.value, config.verdict_threshold, floor)
+        return verdict.model_copy(update={"profile": profile.name})
+    return profile.read(outcome.value)
 
 
 def _eyes_closed_messages(

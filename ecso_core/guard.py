@@ -23,11 +23,12 @@ from .backends.base import BackendBase, BackendCapabilities, VisionChatBackend, 
 from .cancel import CancelToken, task_cancelling
 from .config import ECSOConfig
 from .errors import BackendError, ECSOError, RequestCancelledError
-from .flow import Flow, ModelCall, Outcome, ecso_flow, judge_view
+from .flow import Flow, ModelCall, Outcome, check_flow, ecso_flow, judge_view
 from .images import prepare_request
+from .judging import get_judge_profile
 from .progressive import Released, drive, progressive_stream
 from .prompts import get_prompt_set
-from .result import ECSOResult, StepName
+from .result import ECSOResult, StepName, Verdict
 from .steps import running_step
 from .types import ChatReply, ChatRequest, ImagePart, Message, TextPart
 
@@ -95,6 +96,7 @@ class ECSO(BackendBase):
         self.judge = judge or backend
         self.config = config or ECSOConfig()
         get_prompt_set(self.config.prompt_set, self.config.prompt_overrides)  # an unknown set: ConfigError now
+        self.judge_profile = get_judge_profile(self.config.judge_profile)  # likewise an unknown profile
         self.audit = audit
         self.name = f"ecso({backend.name})"
         limits = [self.config.image_limits.max_images, backend.capabilities.max_images]
@@ -117,6 +119,26 @@ class ECSO(BackendBase):
     def ask(self, query: str, images: Iterable[Any] = ()) -> ECSOResult:
         """Guard a single user turn: ``images`` (any accepted image source) then ``query``."""
         return self.run(_ask_request(query, images))
+
+    def judge_answers(self, items: Sequence[tuple[ChatRequest, str]]) -> list[Verdict]:
+        """The check alone: the verdict of the judge (with its profile) on each ``(request, answer)`` pair.
+
+        Nothing is answered or captioned: for evaluating answers written elsewhere with this guard's
+        judge (e.g. Llama Guard 4 as the judge of a benchmark run). A pair whose check fails gets a
+        verdict without ``unsafe`` (``method="failed"``) rather than an exception; invalid input raises.
+
+        Raises:
+            MessageError: a request without a user message.
+            ImageError: an image that cannot be read or is out of bounds.
+
+        """
+        can_score = self.judge.capabilities.score_yes_no
+
+        def flow_for(request: ChatRequest, index: int) -> Flow:
+            return check_flow(request, items[index][1], self.config, can_score=can_score)  # type: ignore[return-value]
+
+        results = _raise_first(_drain(self._events([r for r, _ in items], flow_for)), False)
+        return results  # type: ignore[return-value]
 
     def run_batch(self, requests: Sequence[ChatRequest], *, return_exceptions: bool = False) -> Results:
         """Guard many requests; each step runs as one batched backend call across the requests.
@@ -247,8 +269,10 @@ class ECSO(BackendBase):
 
     # ---- scheduling ---------------------------------------------------------------------------
 
-    def _events(self, requests: Sequence[ChatRequest]) -> Generator[StepEvent, None, Results]:
-        lockstep = self._lockstep(requests)
+    def _events(
+        self, requests: Sequence[ChatRequest], flow_for: Callable[[ChatRequest, int], Flow] | None = None
+    ) -> Generator[StepEvent, None, Results]:
+        lockstep = self._lockstep(requests, flow_for)
         try:
             calls = next(lockstep)
             while True:
@@ -273,8 +297,12 @@ class ECSO(BackendBase):
         finally:
             lockstep.close()  # cancelled or stopped early: work running in threads stops too
 
-    def _lockstep(self, requests: Sequence[ChatRequest]) -> Generator[list[ModelCall], list[Outcome], Results]:
+    def _lockstep(
+        self, requests: Sequence[ChatRequest], flow_for: Callable[[ChatRequest, int], Flow] | None = None
+    ) -> Generator[list[ModelCall], list[Outcome], Results]:
         """Advance one flow per request in rounds; yield each round's calls, all flows together.
+
+        ``flow_for(prepared, index)`` makes each request's flow (default: the whole ECSO flow).
 
         A request whose token is cancelled leaves at the next round with :class:`RequestCancelledError`;
         if the driver stops before the end, every request's token is cancelled.
@@ -287,7 +315,10 @@ class ECSO(BackendBase):
             try:
                 prepared = self._prepare(request)
                 tokens[index] = prepared.cancel  # type: ignore[assignment]
-                flow = ecso_flow(prepared, self.config, can_score=self.judge.capabilities.score_yes_no)
+                if flow_for is None:
+                    flow = ecso_flow(prepared, self.config, can_score=self.judge.capabilities.score_yes_no)
+                else:
+                    flow = flow_for(prepared, index)
                 pending[index] = next(flow)
                 flows[index] = flow
             except StopIteration as stop:  # pragma: no cover - every flow makes a call
@@ -308,7 +339,8 @@ class ECSO(BackendBase):
                         pending[index] = flows[index].send(flow_outcomes)
                     except StopIteration as stop:
                         results[index] = stop.value
-                        self._record(stop.value)
+                        if isinstance(stop.value, ECSOResult):
+                            self._record(stop.value)
                     except Exception as exc:
                         results[index] = exc
             finished = True
@@ -344,7 +376,7 @@ class ECSO(BackendBase):
     def _prepare(self, request: ChatRequest) -> ChatRequest:
         """Validate up front: capabilities, then images (loaded, normalised, within limits); give it a token."""
         check_capabilities(self.backend.capabilities, request, self.backend.name)
-        check_capabilities(self.judge.capabilities, judge_view(request), self.judge.name)
+        check_capabilities(self.judge.capabilities, judge_view(request, self.judge_profile), self.judge.name)
         prepared = prepare_request(request, self.config.image_limits, self.config.allow_image_urls)
         return prepared if prepared.cancel is not None else prepared.model_copy(update={"cancel": CancelToken()})
 

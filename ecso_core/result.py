@@ -17,8 +17,13 @@ class Verdict(ECSOModel):
 
     unsafe: bool | None
     """True: harmful; False: safe; None: no usable verdict (check failed, unparseable, or too little mass)."""
-    method: Literal["probability", "text", "failed"]
-    """How it was decided: first-token probabilities, the reply's leading word, or not at all."""
+    method: Literal["probability", "text", "failed", "no_gate"]
+    """How it was decided: first-token probabilities, the judge's reply text, not at all, or by
+    configuration (``ECSOConfig.gate`` off: every request with images is answered eyes closed)."""
+    profile: str = "ecso"
+    """The judge profile that asked and read the check (see :mod:`ecso_core.judging`)."""
+    categories: tuple[str, ...] = ()
+    """The hazard categories or policies the judge named for an unsafe verdict (e.g. ``S1``, ``dangerous``)."""
     raw: str | None = None
     """The judge's reply text (text verdicts)."""
     p_yes: float | None = None
@@ -100,7 +105,7 @@ class ECSOResult(ECSOModel):
         verdict = self.verdict
         shown: dict[str, Any] | None = None
         if verdict is not None:
-            shown = verdict.model_dump(include=_CLIENT_VERDICT_FIELDS)
+            shown = verdict.model_dump(mode="json", include=_CLIENT_VERDICT_FIELDS)
             if self.decision == "safe" or audit:
                 shown["raw"] = verdict.raw
         summary: dict[str, Any] = {
@@ -118,4 +123,14 @@ class ECSOResult(ECSOModel):
         return summary
 
 
-_CLIENT_VERDICT_FIELDS = {"unsafe", "method", "p_yes", "mass", "fallback", "window", "windows"}
+_CLIENT_VERDICT_FIELDS = {
+    "unsafe",
+    "method",
+    "profile",
+    "categories",
+    "p_yes",
+    "mass",
+    "fallback",
+    "window",
+    "windows",
+}

@@ -31,6 +31,7 @@ __all__ = [
     "Message",
     "Part",
     "Role",
+    "ScoreWords",
     "StepName",
     "TextPart",
     "TokenUsage",
@@ -192,6 +193,10 @@ class GenerationParams(ECSOModel):
     """Sampling seed, where the backend supports one."""
 
 
+ScoreWords = tuple[tuple[str, ...], tuple[str, ...]]
+"""First-token spellings scored as (unsafe, safe) by ``score_yes_no``."""
+
+
 class ChatRequest(_Frozen):
     """A chat-completion request: a conversation plus decoding parameters and optional tools."""
 
@@ -207,6 +212,9 @@ class ChatRequest(_Frozen):
     """Provider call options passed verbatim to the model that answers (``response_format``, ``top_k``,
     ...): the guard forwards them to the step-1 and the eyes-closed answer, never to the check or the
     caption (whose replies it must parse). A backend that cannot honour them raises ``CapabilityError``."""
+    score_words: ScoreWords | None = None
+    """For ``score_yes_no``: the first-token spellings whose probabilities are read as (unsafe, safe),
+    e.g. ``(("unsafe",), ("safe",))`` for Llama Guard; None: the spellings of "yes" and "no"."""
     cancel: CancelToken | None = Field(default=None, exclude=True, repr=False)
     """Stops this request's work when cancelled (see :mod:`ecso_core.cancel`); never serialised."""
 
@@ -220,6 +228,7 @@ class ChatRequest(_Frozen):
             tools: Sequence[dict[str, Any]] = (),
             tool_choice: str | dict[str, Any] | None = None,
             options: dict[str, Any] = ...,
+            score_words: ScoreWords | None = None,
             cancel: CancelToken | None = None,
         ) -> None: ...
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .result import Verdict
-from .types import TokenUsage, YesNoScore
+from .types import ScoreWords, TokenUsage, YesNoScore
 
 __all__ = [
     "Verdict",
@@ -25,6 +25,7 @@ __all__ = [
     "score_from_tokens",
     "verdict_from_score",
     "verdict_from_text",
+    "worst_verdict",
 ]
 
 _LEADING_WORD = re.compile(r"^[\s\"'`*_(\[]*([A-Za-z]+)")
@@ -70,39 +71,76 @@ def verdict_from_score(score: YesNoScore, threshold: float, min_mass: float = 0.
     return Verdict(unsafe=p_yes >= threshold, method="probability", p_yes=p_yes, mass=mass)
 
 
+def _deciding(verdicts: Sequence[Verdict]) -> tuple[int, bool]:
+    """Index of the verdict that decides a set, and whether it is unsafe or failed.
+
+    The first unsafe one, else the first without a verdict, else the safe one most inclined to "yes".
+    """
+    deciding = next((i for i, v in enumerate(verdicts) if v.unsafe is True), None)
+    if deciding is None:
+        deciding = next((i for i, v in enumerate(verdicts) if v.unsafe is None), None)
+    if deciding is None:
+        return max(range(len(verdicts)), key=lambda i: verdicts[i].p_yes or 0.0), False
+    return deciding, True
+
+
+def _categories(verdicts: Sequence[Verdict]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(c for v in verdicts if v.unsafe is True for c in v.categories))
+
+
+def worst_verdict(verdicts: Sequence[Verdict]) -> Verdict:
+    """One verdict over the requests of one check (one per image, or per image and policy).
+
+    Unsafe if any is, no verdict if any has none, else safe; the categories of every unsafe one are kept.
+    """
+    index, _ = _deciding(verdicts)
+    return verdicts[index].model_copy(update={"categories": _categories(verdicts)})
+
+
 def combine_verdicts(verdicts: Sequence[Verdict]) -> Verdict:
     """One verdict over the windows of an answer: safe only when every window is safe.
 
     The first unsafe window decides; else the first window without a verdict (the guard fails
     closed); else the answer is safe and the verdict shown is the window most inclined to "yes".
+    The categories are those of every unsafe window.
     """
     count = len(verdicts)
-    deciding = next((i for i, v in enumerate(verdicts) if v.unsafe is True), None)
-    if deciding is None:
-        deciding = next((i for i, v in enumerate(verdicts) if v.unsafe is None), None)
-    window = deciding
-    if deciding is None:
-        deciding = max(range(count), key=lambda i: verdicts[i].p_yes or 0.0)
+    deciding, flagged = _deciding(verdicts)
     return verdicts[deciding].model_copy(
-        update={"window": window, "windows": count, "parts": tuple(verdicts) if count > 1 else ()}
+        update={
+            "window": deciding if flagged else None,
+            "windows": count,
+            "parts": tuple(verdicts) if count > 1 else (),
+            "categories": _categories(verdicts),
+        }
     )
 
 
-def score_from_tokens(candidates: Iterable[tuple[str, float]], prompt_tokens: int = 0) -> YesNoScore:
-    """P(yes) and P(no) from first-token alternatives ``(token, logprob)``, spellings summed."""
+def score_from_tokens(
+    candidates: Iterable[tuple[str, float]], prompt_tokens: int = 0, words: ScoreWords | None = None
+) -> YesNoScore:
+    """P(yes) and P(no) from first-token alternatives ``(token, logprob)``, spellings summed.
+
+    ``words`` (unsafe spellings, safe spellings) replaces yes/no: a token counts when, stripped of
+    surrounding space, it is one of them exactly (Llama Guard's ``unsafe`` / ``safe``); by default any
+    casing of "yes" / "no" counts.
+    """
+    unsafe, safe = ({"yes"}, {"no"}) if words is None else ({w.strip() for w in side} for side in words)
     p_yes = p_no = 0.0
     for token, logprob in candidates:
-        word = token.strip().lower()
-        if word in ("yes", "no"):
-            probability = math.exp(logprob)
-            p_yes, p_no = (p_yes + probability, p_no) if word == "yes" else (p_yes, p_no + probability)
+        word = token.strip().lower() if words is None else token.strip()
+        if word in unsafe and word not in safe:
+            p_yes += math.exp(logprob)
+        elif word in safe and word not in unsafe:
+            p_no += math.exp(logprob)
     return YesNoScore(p_yes=min(p_yes, 1.0), p_no=min(p_no, 1.0), usage=TokenUsage(prompt_tokens=prompt_tokens))
 
 
-def score_from_logprobs(logprobs: Any, prompt_tokens: int = 0) -> YesNoScore | None:
+def score_from_logprobs(logprobs: Any, prompt_tokens: int = 0, words: ScoreWords | None = None) -> YesNoScore | None:
     """P(yes) and P(no) from an OpenAI ``logprobs`` object (its first token's ``top_logprobs``).
 
-    Spellings are summed ("Yes", " yes", "YES" ...). None when there are no log-probabilities.
+    Spellings are summed ("Yes", " yes", "YES" ...; or ``words``, see :func:`score_from_tokens`). None
+    when there are no log-probabilities.
     """
     try:
         first = logprobs["content"][0]
@@ -110,4 +148,4 @@ def score_from_logprobs(logprobs: Any, prompt_tokens: int = 0) -> YesNoScore | N
     except (KeyError, IndexError, TypeError):
         return None
     pairs = ((str(c.get("token", "")), float(c.get("logprob", -math.inf))) for c in candidates)
-    return score_from_tokens(pairs, prompt_tokens)
+    return score_from_tokens(pairs, prompt_tokens, words)

@@ -59,6 +59,9 @@ def test_all_is_pinned() -> None:
     assert sorted(ecso_core.__all__) == sorted(
         [
             "ECSO",
+            "JUDGE_PROFILES",
+            "JudgeProfile",
+            "register_judge_profile",
             "PROMPT_SETS",
             "BackendBase",
             "BackendCapabilities",

@@ -127,9 +127,10 @@ def test_score_yes_no_gives_probabilities(backend: TransformersBackend) -> None:
     for single, batched in zip([backend.score_yes_no([r])[0] for r in requests], scores, strict=True):
         assert single.p_yes == pytest.approx(batched.p_yes, rel=1e-5)
         assert single.p_no == pytest.approx(batched.p_no, rel=1e-5)
-    assert backend._yes_ids
-    assert backend._no_ids
-    assert not set(backend._yes_ids) & set(backend._no_ids)
+    yes_ids, no_ids = backend.score_token_ids()
+    assert yes_ids
+    assert no_ids
+    assert not set(yes_ids) & set(no_ids)
 
 
 def test_control_tokens_in_user_text_are_neutralised(backend: TransformersBackend) -> None:

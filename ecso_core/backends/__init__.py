@@ -26,7 +26,9 @@ __all__ = [
 SPEC_HELP = (
     "model specs: 'tiny-random' (or 'tiny-random:<variant>', variants llava, gemma3, llava-small, "
     "gemma3-small), 'hf:<hub id or local folder>', 'openai:<model>@<base_url>' (e.g. "
-    "'openai:llava-hf/llava-1.5-7b-hf@http://localhost:8000/v1'; base URL default $OPENAI_BASE_URL or OpenAI)"
+    "'openai:llava-hf/llava-1.5-7b-hf@http://localhost:8000/v1'; base URL default $OPENAI_BASE_URL or OpenAI), "
+    "'moderation:<model>@<base_url>' (a /moderations endpoint, as a judge with the classifier profile); "
+    "docs/models.md lists every tiny-random variant"
 )
 
 
@@ -60,6 +62,13 @@ def load_backend(spec: str | VisionChatBackend, **options: Any) -> VisionChatBac
         if base_url:
             options.setdefault("base_url", base_url)
         return OpenAIBackend(model, **options)
+    if scheme == "moderation" and rest:
+        from .moderation import ModerationBackend
+
+        model, _, base_url = rest.partition("@")
+        if base_url:
+            options.setdefault("base_url", base_url)
+        return ModerationBackend(model, **options)
     if scheme == "hf" and rest:
         from .transformers import TransformersBackend
 

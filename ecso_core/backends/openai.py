@@ -23,7 +23,7 @@ from .._model import ECSOModel
 from ..cancel import task_cancelling
 from ..errors import BackendError, BackendTimeoutError, BackendUnavailableError, ConfigError, MessageError
 from ..images import image_to_data_url, load_image
-from ..types import ChatReply, ChatRequest, ImagePart, TextPart, TokenUsage, ToolCall, YesNoScore
+from ..types import ChatReply, ChatRequest, ImagePart, ScoreWords, TextPart, TokenUsage, ToolCall, YesNoScore
 from ..verdict import score_from_logprobs
 from .base import BackendBase, BackendCapabilities, check_capabilities
 
@@ -160,13 +160,13 @@ def from_payload(body: dict[str, Any]) -> ChatReply:
     )
 
 
-def score_from_payload(body: dict[str, Any]) -> YesNoScore | None:
-    """P(yes) and P(no) from the first token's ``top_logprobs``; None when the server sent none."""
+def score_from_payload(body: dict[str, Any], words: ScoreWords | None = None) -> YesNoScore | None:
+    """P(yes) and P(no) (or of ``words``) from the first token's ``top_logprobs``; None when the server sent none."""
     try:
         logprobs = body["choices"][0]["logprobs"]
     except (KeyError, IndexError, TypeError):
         return None
-    return score_from_logprobs(logprobs, (body.get("usage") or {}).get("prompt_tokens") or 0)
+    return score_from_logprobs(logprobs, (body.get("usage") or {}).get("prompt_tokens") or 0, words)
 
 
 class _ClientOptions(TypedDict):
@@ -187,6 +187,9 @@ class OpenAIBackend(BackendBase):
         **settings: see :class:`OpenAISettings`.
 
     """
+
+    endpoint = "/chat/completions"
+    """The path requests are posted to, under ``base_url``."""
 
     def __init__(self, model: str, *, transport: Any = None, **settings: Any) -> None:
         self.settings = OpenAISettings(model=model, **settings)
@@ -221,13 +224,13 @@ class OpenAIBackend(BackendBase):
         """
         bodies = [self._body(r) for r in requests]
         posted = self._pool.map(self._post_unless_cancelled, requests, bodies)
-        return [_CANCELLED if b is None else from_payload(b) for b in posted]
+        return [_CANCELLED if b is None else self._reply(b) for b in posted]
 
     async def agenerate(self, requests: Sequence[ChatRequest]) -> list[ChatReply]:
         """Answer each request concurrently on the event loop."""
         bodies = [self._body(r) for r in requests]
         posted = await asyncio.gather(*(self._apost_cancellable(r, b) for r, b in zip(requests, bodies, strict=True)))
-        return [_CANCELLED if b is None else from_payload(b) for b in posted]
+        return [_CANCELLED if b is None else self._reply(b) for b in posted]
 
     def stream_generate(self, request: ChatRequest) -> Iterator[str | ChatReply]:
         """The server's SSE stream (``stream: true``): text deltas, then the whole reply with its usage.
@@ -242,7 +245,7 @@ class OpenAIBackend(BackendBase):
         body = self._body(request) | {"stream": True, "stream_options": {"include_usage": True}}
         text, finish, usage = "", None, TokenUsage()
         try:
-            with self._client.stream("POST", "/chat/completions", json=body) as response:
+            with self._client.stream("POST", self.endpoint, json=body) as response:
                 if response.status_code >= 400:
                     response.read()
                     _json_or_raise(response, self.name)
@@ -273,7 +276,7 @@ class OpenAIBackend(BackendBase):
             return [None] * len(requests)
         bodies = [self._score_body(r) for r in requests]
         posted = self._pool.map(self._post_unless_cancelled, requests, bodies)
-        return [None if b is None else self._score(b) for b in posted]
+        return [None if b is None else self._score(b, r.score_words) for r, b in zip(requests, posted, strict=True)]
 
     async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
         """Async :meth:`score_yes_no`."""
@@ -281,7 +284,7 @@ class OpenAIBackend(BackendBase):
             return [None] * len(requests)
         bodies = [self._score_body(r) for r in requests]
         posted = await asyncio.gather(*(self._apost_cancellable(r, b) for r, b in zip(requests, bodies, strict=True)))
-        return [None if b is None else self._score(b) for b in posted]
+        return [None if b is None else self._score(b, r.score_words) for r, b in zip(requests, posted, strict=True)]
 
     def close(self) -> None:
         """Close the sync HTTP client and the worker pool (see :meth:`aclose` for the async clients)."""
@@ -302,18 +305,21 @@ class OpenAIBackend(BackendBase):
         check_capabilities(self.capabilities.model_copy(update={"score_yes_no": False}), request, self.name)
         return to_payload(request, self.settings.model)
 
+    def _reply(self, body: dict[str, Any]) -> ChatReply:
+        return from_payload(body)
+
     def _score_body(self, request: ChatRequest) -> dict[str, Any]:
         body = self._body(request)
         body.update(max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=_TOP_LOGPROBS)
         return body
 
-    def _score(self, body: dict[str, Any]) -> YesNoScore | None:
+    def _score(self, body: dict[str, Any], words: ScoreWords | None = None) -> YesNoScore | None:
         """Read logprobs; None when the server sent none (the guard then asks for a text verdict).
 
         With ``logprobs="auto"`` a server that sent none once is not asked again: later scores are
         None at once, without a request.
         """
-        score = score_from_payload(body)
+        score = score_from_payload(body, words)
         if score is None and self.settings.logprobs == "auto":
             self._no_logprobs = True
         return score
@@ -343,7 +349,7 @@ class OpenAIBackend(BackendBase):
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         for attempt in range(self.settings.max_retries + 1):
             try:
-                response = self._client.post("/chat/completions", json=body)
+                response = self._client.post(self.endpoint, json=body)
             except httpx.HTTPError as exc:
                 error = _transport_error(exc, self.settings.base_url)
                 if attempt == self.settings.max_retries:
@@ -361,7 +367,7 @@ class OpenAIBackend(BackendBase):
         async with semaphore:
             for attempt in range(self.settings.max_retries + 1):
                 try:
-                    response = await client.post("/chat/completions", json=body)
+                    response = await client.post(self.endpoint, json=body)
                 except httpx.HTTPError as exc:
                     error = _transport_error(exc, self.settings.base_url)
                     if attempt == self.settings.max_retries:

@@ -24,7 +24,16 @@ from .._model import ECSOModel
 from ..errors import BackendError, CapabilityError, ConfigError, MissingDependencyError
 from ..images import load_image
 from ..neutralize import neutralize
-from ..types import ChatReply, ChatRequest, GenerationParams, ImagePart, TextPart, TokenUsage, YesNoScore
+from ..types import (
+    ChatReply,
+    ChatRequest,
+    GenerationParams,
+    ImagePart,
+    ScoreWords,
+    TextPart,
+    TokenUsage,
+    YesNoScore,
+)
 from .base import BackendBase, BackendCapabilities, check_capabilities
 
 try:
@@ -112,20 +121,25 @@ def to_template_messages(
     return messages, images
 
 
-def yes_no_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """First-token ids of the spellings of "yes" and "no" (ids shared by both are dropped)."""
+def yes_no_token_ids(tokenizer: Any, words: ScoreWords | None = None) -> tuple[list[int], list[int]]:
+    """First-token ids of the spellings of "yes" and "no", or of ``words`` (ids shared by both are dropped).
 
-    def first_ids(variants: tuple[str, ...], word: str) -> set[int]:
+    A spelling counts by the first token it encodes to, when that token reads as the start of the
+    word ("un" for "unsafe" in a tokenizer without the whole word).
+    """
+    unsafe, safe = (_YES_VARIANTS, _NO_VARIANTS) if words is None else words
+
+    def first_ids(variants: tuple[str, ...]) -> set[int]:
         ids = set()
         for variant in variants:
             encoded = tokenizer.encode(variant, add_special_tokens=False)
             if encoded:
                 piece = tokenizer.decode(encoded[:1]).strip().lower()
-                if piece and word.startswith(piece):
+                if piece and variant.strip().lower().startswith(piece):
                     ids.add(encoded[0])
         return ids
 
-    yes, no = first_ids(_YES_VARIANTS, "yes"), first_ids(_NO_VARIANTS, "no")
+    yes, no = first_ids(unsafe), first_ids(safe)
     return sorted(yes - no), sorted(no - yes)
 
 
@@ -164,7 +178,7 @@ class TransformersBackend(BackendBase):
         self.max_batch_size = max_batch_size
         self.capabilities = BackendCapabilities(score_yes_no=True, tools=False)
         self.control_tokens = control_tokens(self.tokenizer)
-        self._yes_ids, self._no_ids = yes_no_token_ids(self.tokenizer)
+        self._score_ids: dict[ScoreWords | None, tuple[list[int], list[int]]] = {}
         self._stop_ids = set(_as_list(model.generation_config.eos_token_id)) | {self.tokenizer.pad_token_id}
         self._lock = threading.Lock()  # one forward pass at a time on the model
         self.reused_calls = 0  # model calls that ran from cached prefixes
@@ -237,18 +251,31 @@ class TransformersBackend(BackendBase):
         Prompts that start like ones already run (the same image behind the same template prefix, as
         ECSO's check does after its answer) compute only their new tokens.
         """
-        scores: dict[int, YesNoScore | None] = {i: None for i, r in enumerate(requests) if _cancelled(r)}
-        for _, indices in self._batches(requests, by_params=False, skip=set(scores)):
+        scores: dict[int, YesNoScore | None] = dict.fromkeys(range(len(requests)))
+        cancelled = {i for i, r in enumerate(requests) if _cancelled(r)}
+        for _, indices in self._batches(requests, by_params=False, skip=cancelled):
             batch = [requests[i] for i in indices]
             probs, prompt_tokens = self.next_token_probs(batch)
-            p_yes, p_no = probs[:, self._yes_ids].sum(-1).tolist(), probs[:, self._no_ids].sum(-1).tolist()
             for row, index in enumerate(indices):
+                yes_ids, no_ids = self.score_token_ids(requests[index].score_words)
+                if not yes_ids or not no_ids:
+                    continue  # stays None: nothing to score this request's words with
                 scores[index] = YesNoScore(
-                    p_yes=min(p_yes[row], 1.0),
-                    p_no=min(p_no[row], 1.0),
+                    p_yes=min(float(probs[row, yes_ids].sum()), 1.0),
+                    p_no=min(float(probs[row, no_ids].sum()), 1.0),
                     usage=TokenUsage(prompt_tokens=prompt_tokens[row]),
                 )
         return [scores[i] for i in range(len(requests))]
+
+    def score_token_ids(self, words: ScoreWords | None = None) -> tuple[list[int], list[int]]:
+        """The first-token ids :meth:`score_yes_no` sums as (unsafe, safe) for ``words`` (default yes/no).
+
+        A side without a distinct first token is empty: such requests are not scored (None), and the
+        guard reads the judge's text instead.
+        """
+        if words not in self._score_ids:
+            self._score_ids[words] = yes_no_token_ids(self.tokenizer, words)
+        return self._score_ids[words]
 
     def next_token_probs(self, requests: list[ChatRequest]) -> tuple[torch.Tensor, list[int]]:
         """The next-token distribution after each prompt (one forward pass), and the prompts' token counts."""

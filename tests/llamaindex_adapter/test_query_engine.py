@@ -41,6 +41,8 @@ SAFE = {
     "verdict": {
         "unsafe": False,
         "method": "text",
+        "profile": "ecso",
+        "categories": [],
         "p_yes": None,
         "mass": None,
         "fallback": None,
@@ -56,6 +58,8 @@ UNSAFE = {
     "verdict": {
         "unsafe": True,
         "method": "text",
+        "profile": "ecso",
+        "categories": [],
         "p_yes": None,
         "mass": None,
         "fallback": None,
