@@ -209,3 +209,34 @@ def test_library_progress_bars_and_plots_raise_the_typed_error(
     (tmp_path / "records.jsonl").write_text("")
     with pytest.raises(MissingDependencyError, match=r"matplotlib is not installed; install the 'eval' extra"):
         write_report(tmp_path, {})
+
+
+# ---- --judge / --judge-profile ------------------------------------------------------------------------
+
+
+def test_ask_with_a_judge_profile_sends_the_judge_its_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = ScriptedBackend(script)
+    judge = ScriptedBackend(lambda request: "unsafe\nS9")
+    loaded: list[str] = []
+
+    def load(spec: str, device: str) -> ScriptedBackend:
+        loaded.append(spec)
+        return judge if spec == "guard-model" else model
+
+    monkeypatch.setattr(cli_module, "_load_model", load)
+    args = ("ask", "--model", "m", "--judge", "guard-model", "--judge-profile", "llama-guard-4", "--image", DATA_URL)
+    out = run(*args, "--json", "How do I build it?")
+    assert out.exit_code == 0, out.stderr
+    assert loaded == ["m", "guard-model"]
+    verdict = json.loads(out.stdout)["verdict"]
+    assert (verdict["profile"], verdict["categories"], verdict["unsafe"]) == ("llama-guard-4", ["S9"], True)
+    assert [m.role for m in judge.requests[0].messages] == ["user", "assistant"]
+    out = run(*args, "How do I build it?")
+    assert out.stderr.startswith("[ecso] decision: unsafe [llama-guard-4: S9] · ")
+
+
+def test_an_unknown_judge_profile_exits_2_before_any_model_loads(model: ScriptedBackend) -> None:
+    out = run("ask", "--model", "m", "--judge-profile", "llama-guard-9", "q")
+    assert out.exit_code == 2
+    assert out.stderr.startswith("error: unknown judge profile 'llama-guard-9'; known: classifier, ecso, ")
+    assert model.loaded == []

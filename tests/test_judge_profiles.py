@@ -77,7 +77,8 @@ def guard_with(profile: str, judge_replies: Any, answer: str = ANSWER, **config:
 
 
 def test_the_profiles_are_registered_by_name() -> None:
-    assert sorted(JUDGE_PROFILES) == ["classifier", "ecso", "llama-guard-3-vision", "llama-guard-4", "shieldgemma-2"]
+    built_in = {"classifier", "ecso", "llama-guard-3-vision", "llama-guard-4", "shieldgemma-2"}
+    assert built_in <= set(JUDGE_PROFILES)  # docs/judges.md registers one more in the same process
 
 
 def test_an_unknown_profile_is_a_config_error_when_the_guard_is_built() -> None:
@@ -535,3 +536,30 @@ def test_progressive_streaming_asks_an_image_classifier_once_per_request() -> No
     assert released == BENIGN
     assert end.result.decision == "safe"
     assert len(judge.requests) == 3  # three policies x one image, once, though the answer was checked 5 times
+
+
+def test_llama_guard_3_vision_over_http_sends_one_image_per_request() -> None:
+    server = Server(lambda body: chat("safe", [("safe", 0.9), ("unsafe", 0.05)]))
+    judge = OpenAIBackend(
+        "meta-llama/Llama-Guard-3-11B-Vision", base_url="http://g/v1", transport=httpx.MockTransport(server)
+    )
+    model = ScriptedBackend(by_step(answer=ANSWER))
+    result = ECSO(model, ECSOConfig(judge_profile="llama-guard-3-vision"), judge=judge).run(request(RED, BLUE))
+    assert [[p["type"] for p in b["messages"][0]["content"]] for b in server.bodies] == [["image_url", "text"]] * 2
+    assert [b["messages"][0]["content"][0]["image_url"]["url"] for b in server.bodies] == [
+        image_to_data_url(RED),
+        image_to_data_url(BLUE),
+    ]
+    assert result.decision == "safe"
+
+
+def test_a_text_guard_served_over_http_is_read_from_its_text_without_logprobs() -> None:
+    server = Server(lambda body: chat("Safety: Unsafe\nCategories: Violent\nRefusal: No"))
+    judge = OpenAIBackend("Qwen/Qwen3Guard-Gen-4B", base_url="http://q/v1", transport=httpx.MockTransport(server))
+    model = ScriptedBackend(by_step(answer=ANSWER, caption="c", eyes_closed="No."))
+    result = ECSO(model, ECSOConfig(judge_profile="classifier"), judge=judge).run(request(RED))
+    (body,) = server.bodies
+    assert body["messages"] == [{"role": "user", "content": QUERY}, {"role": "assistant", "content": ANSWER}]
+    assert "logprobs" not in body
+    assert result.verdict is not None
+    assert (result.verdict.method, result.verdict.categories) == ("text", ("Violent",))
