@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from .backends.base import BackendBase, BackendCapabilities, VisionChatBackend, check_capabilities
 from .cancel import CancelToken, task_cancelling
 from .config import ECSOConfig
-from .errors import BackendError, ECSOError, RequestCancelledError
+from .errors import BackendError, ECSOError, MessageError, RequestCancelledError
 from .flow import Flow, ModelCall, Outcome, check_flow, ecso_flow, judge_view
 from .images import prepare_request
 from .judging import get_judge_profile
@@ -132,6 +132,9 @@ class ECSO(BackendBase):
             ImageError: an image that cannot be read or is out of bounds.
 
         """
+        for _, answer in items:
+            if not isinstance(answer, str):
+                raise MessageError(f"an answer to judge must be a string, not {type(answer).__name__}")
         can_score = self.judge.capabilities.score_yes_no
 
         def flow_for(request: ChatRequest, index: int) -> Flow:
@@ -231,7 +234,8 @@ class ECSO(BackendBase):
             return self._execute(calls)
 
         can_score = self.judge.capabilities.score_yes_no
-        progressive = self.config.stream == "progressive" and not prepared.tools
+        # Without the gate nothing is checked, so nothing can stream before the eyes-closed answer.
+        progressive = self.config.stream == "progressive" and not prepared.tools and self.config.gate
         if progressive and (prepared.images or self.config.check_text_only):
             return (yield from progressive_stream(prepared, self.backend, execute, self.config, can_score))
         flow = ecso_flow(prepared, self.config, can_score=can_score)

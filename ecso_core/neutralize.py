@@ -22,7 +22,7 @@ import unicodedata
 from collections.abc import Collection
 from functools import lru_cache
 
-__all__ = ["GENERIC_CONTROL_TOKENS", "control_token_pattern", "neutralize"]
+__all__ = ["GENERIC_CONTROL_TOKENS", "control_token_pattern", "neutralize", "normal_view"]
 
 GENERIC_CONTROL_TOKENS: tuple[str, ...] = (
     # Llama 2 / Mistral / LLaVA-1.5 (Vicuna) / sentencepiece
@@ -66,7 +66,7 @@ def control_token_pattern(tokens: frozenset[str] = frozenset(), tags: bool = Fal
     return re.compile("|".join(alternatives))
 
 
-def _normal_view(text: str) -> str:
+def normal_view(text: str) -> str:
     """NFKC with invisible characters dropped: what a normalising tokenizer or a reader sees."""
     if text.isascii():
         return text
@@ -97,7 +97,7 @@ def neutralize(text: str, tokens: Collection[str] = (), *, headers: bool = False
     for _ in range(_MAX_ROUNDS):
         cleaned = _clean_once(current, pattern, headers)
         if cleaned == current:
-            view = _normal_view(current)
+            view = normal_view(current)
             if view == current or _clean_once(view, pattern, headers) == view:
                 return current  # stable as written and as normalised
             cleaned = view  # something hides behind invisible or compatibility characters

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .errors import BackendError
 from .result import Verdict
 from .types import ScoreWords, TokenUsage, YesNoScore
 
@@ -116,23 +117,53 @@ def combine_verdicts(verdicts: Sequence[Verdict]) -> Verdict:
     )
 
 
+def _side(token: str, unsafe: tuple[str, ...], safe: tuple[str, ...]) -> str | None:
+    """Which side a first token stands for, if any.
+
+    A whole word, or (two characters or more) the start of words of one side only ("un" of "unsafe"),
+    as a tokenizer without the whole word writes it.
+    """
+    if token in unsafe:
+        return "unsafe"
+    if token in safe:
+        return "safe"
+    if len(token) < 2:
+        return None
+    starts_unsafe = any(w.startswith(token) for w in unsafe)
+    starts_safe = any(w.startswith(token) for w in safe)
+    return "unsafe" if starts_unsafe and not starts_safe else "safe" if starts_safe and not starts_unsafe else None
+
+
 def score_from_tokens(
     candidates: Iterable[tuple[str, float]], prompt_tokens: int = 0, words: ScoreWords | None = None
 ) -> YesNoScore:
     """P(yes) and P(no) from first-token alternatives ``(token, logprob)``, spellings summed.
 
-    ``words`` (unsafe spellings, safe spellings) replaces yes/no: a token counts when, stripped of
-    surrounding space, it is one of them exactly (Llama Guard's ``unsafe`` / ``safe``); by default any
-    casing of "yes" / "no" counts.
+    ``words`` (unsafe spellings, safe spellings) replaces yes/no (Llama Guard's ``unsafe`` / ``safe``).
+    Tokens are compared without surrounding space and case; a token of two characters or more that
+    starts words of one side only counts for that side (the first piece of a word split in two).
+
+    Raises:
+        BackendError: impossible log-probabilities (positive, infinite or NaN, or alternatives whose
+            probabilities sum past 1): a judge that sends them is broken, and the check fails closed.
+
     """
-    unsafe, safe = ({"yes"}, {"no"}) if words is None else ({w.strip() for w in side} for side in words)
-    p_yes = p_no = 0.0
+    unsafe_words, safe_words = (("yes",), ("no",)) if words is None else words
+    unsafe = tuple(w.strip().lower() for w in unsafe_words)
+    safe = tuple(w.strip().lower() for w in safe_words)
+    p_yes = p_no = total = 0.0
     for token, logprob in candidates:
-        word = token.strip().lower() if words is None else token.strip()
-        if word in unsafe and word not in safe:
-            p_yes += math.exp(logprob)
-        elif word in safe and word not in unsafe:
-            p_no += math.exp(logprob)
+        if math.isnan(logprob) or logprob > 1e-6:
+            raise BackendError(f"the judge sent an impossible log-probability ({logprob})")
+        probability = math.exp(logprob)
+        total += probability
+        side = _side(token.strip().lower(), unsafe, safe)
+        if side == "unsafe":
+            p_yes += probability
+        elif side == "safe":
+            p_no += probability
+    if total > 1.0 + 1e-3:
+        raise BackendError(f"the judge's first-token alternatives sum to {total:.3f} > 1")
     return YesNoScore(p_yes=min(p_yes, 1.0), p_no=min(p_no, 1.0), usage=TokenUsage(prompt_tokens=prompt_tokens))
 
 
@@ -144,8 +175,10 @@ def score_from_logprobs(logprobs: Any, prompt_tokens: int = 0, words: ScoreWords
     """
     try:
         first = logprobs["content"][0]
-        candidates = first.get("top_logprobs") or [first]
-    except (KeyError, IndexError, TypeError):
+        candidates = list(first.get("top_logprobs") or [])
+    except (KeyError, IndexError, TypeError, AttributeError):
         return None
+    if not any(c.get("token") == first.get("token") for c in candidates):
+        candidates.append(first)  # the token actually written counts, listed among the alternatives or not
     pairs = ((str(c.get("token", "")), float(c.get("logprob", -math.inf))) for c in candidates)
     return score_from_tokens(pairs, prompt_tokens, words)

@@ -18,7 +18,7 @@ from langchain_core.runnables.fallbacks import RunnableWithFallbacks
 from ecso_core.backends.base import BackendBase, BackendCapabilities
 from ecso_core.errors import CapabilityError, ConfigError, MissingDependencyError
 from ecso_core.steps import current_step
-from ecso_core.types import ChatReply, ChatRequest, YesNoScore
+from ecso_core.types import ChatReply, ChatRequest, ScoreWords, YesNoScore
 from ecso_core.verdict import score_from_logprobs
 
 from ._callbacks import from_context
@@ -206,17 +206,18 @@ class LangChainBackend(BackendBase):
         """Yes/no probabilities from the reply's ``logprobs``; None where the model sent none."""
         if self._no_logprobs:
             return [None] * len(requests)
-        return [self._score(reply) for reply in self.generate(requests)]
+        return [self._score(reply, r.score_words) for r, reply in zip(requests, self.generate(requests), strict=True)]
 
     async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
         """Async :meth:`score_yes_no`."""
         if self._no_logprobs:
             return [None] * len(requests)
-        return [self._score(reply) for reply in await self.agenerate(requests)]
+        replies = await self.agenerate(requests)
+        return [self._score(reply, r.score_words) for r, reply in zip(requests, replies, strict=True)]
 
-    def _score(self, reply: ChatReply) -> YesNoScore | None:
+    def _score(self, reply: ChatReply, words: ScoreWords | None = None) -> YesNoScore | None:
         metadata = getattr(reply.raw, "response_metadata", None) or {}
-        score = score_from_logprobs(metadata.get("logprobs"), reply.usage.prompt_tokens)
+        score = score_from_logprobs(metadata.get("logprobs"), reply.usage.prompt_tokens, words)
         if score is None and self._logprobs == "auto":  # none sent: later checks go straight to text
             self._no_logprobs = True
         return score

@@ -15,7 +15,7 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 
 from ecso_core.backends.base import BackendBase, BackendCapabilities
 from ecso_core.steps import current_step
-from ecso_core.types import ChatReply, ChatRequest, YesNoScore
+from ecso_core.types import ChatReply, ChatRequest, ScoreWords, YesNoScore
 from ecso_core.verdict import score_from_tokens
 
 from ._convert import reply_from_chat_response, to_llamaindex_messages
@@ -107,13 +107,14 @@ class LlamaIndexBackend(BackendBase):
         """Yes/no probabilities from the first token's log-probabilities; None where the LLM sent none."""
         if self._no_logprobs:
             return [None] * len(requests)
-        return [self._score(reply) for reply in self.generate(requests)]
+        return [self._score(reply, r.score_words) for r, reply in zip(requests, self.generate(requests), strict=True)]
 
     async def ascore_yes_no(self, requests: Sequence[ChatRequest]) -> list[YesNoScore | None]:
         """Async :meth:`score_yes_no`."""
         if self._no_logprobs:
             return [None] * len(requests)
-        return [self._score(reply) for reply in await self.agenerate(requests)]
+        replies = await self.agenerate(requests)
+        return [self._score(reply, r.score_words) for r, reply in zip(requests, replies, strict=True)]
 
     def _call(self, request: ChatRequest) -> ChatReply:
         step, start = self._started()
@@ -176,10 +177,10 @@ class LlamaIndexBackend(BackendBase):
             calls = self.llm.get_tool_calls_from_response(response, error_on_no_tool_call=False)
         return reply_from_chat_response(response, calls)
 
-    def _score(self, reply: ChatReply) -> YesNoScore | None:
+    def _score(self, reply: ChatReply, words: ScoreWords | None = None) -> YesNoScore | None:
         logprobs = getattr(reply.raw, "logprobs", None)
         if logprobs:
-            return score_from_tokens(((c.token, c.logprob) for c in logprobs[0]), reply.usage.prompt_tokens)
+            return score_from_tokens(((c.token, c.logprob) for c in logprobs[0]), reply.usage.prompt_tokens, words)
         if self._logprobs == "auto":  # none sent: later checks go straight to text
             self._no_logprobs = True
         return None

@@ -162,25 +162,31 @@ def test_classifier_labels_must_not_overlap() -> None:
 @pytest.mark.parametrize(
     ("words", "tokens", "expected"),
     [
-        (
-            None,
-            [("Yes", -0.1), (" yes", -3.0), ("no", -2.0), ("unsafe", -1.0)],
-            (math.exp(-0.1) + math.exp(-3.0), math.exp(-2.0)),
-        ),
-        (
-            (("unsafe",), ("safe",)),
-            [("unsafe", -0.2), ("safe", -1.8), ("Yes", -0.5), (" unsafe", -4.0)],
-            (math.exp(-0.2) + math.exp(-4.0), math.exp(-1.8)),
-        ),
-        ((("Yes",), ("No",)), [("Yes", -0.3), ("yes", -2.0), ("No", -1.5)], (math.exp(-0.3), math.exp(-1.5))),
+        (None, [("Yes", 0.5), (" yes", 0.05), ("no", 0.2), ("unsafe", 0.1), ("ye", 0.01)], (0.56, 0.2)),
+        ((("unsafe",), ("safe",)), [("unsafe", 0.5), ("Safe", 0.3), ("Yes", 0.1), (" un", 0.05)], (0.55, 0.3)),
+        ((("Yes",), ("No",)), [("Yes", 0.3), ("yes", 0.2), ("No", 0.25), ("n", 0.1)], (0.5, 0.25)),
     ],
 )
 def test_score_words_pick_the_first_token_spellings(words: Any, tokens: Any, expected: tuple[float, float]) -> None:
-    score = score_from_tokens(tokens, 5, words)
+    """Any case, space around, and a first piece of two characters or more ("un", "ye"); one letter is no word."""
+    score = score_from_tokens([(t, math.log(p)) for t, p in tokens], 5, words)
     assert (score.p_yes, score.p_no) == pytest.approx(expected)
 
 
-# ---- exact requests through the guard (scripted judge) ------------------------------------------------
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        [("safe", 0.0), ("unsafe", math.log(0.9))],  # sums to 1.9
+        [("safe", 3.0)],  # a positive log-probability
+        [("safe", math.inf)],
+        [("safe", math.nan)],
+    ],
+)
+def test_impossible_log_probabilities_are_an_error_not_a_verdict(tokens: Any) -> None:
+    from ecso_core import BackendError
+
+    with pytest.raises(BackendError, match="impossible|sum to"):
+        score_from_tokens(tokens, 0, (("unsafe",), ("safe",)))
 
 
 def test_ecso_profile_sends_the_papers_check_exactly_as_before() -> None:

@@ -48,11 +48,16 @@ def moderation_reply(body: dict[str, Any]) -> ChatReply:
     """
     results = body.get("results")
     if not isinstance(results, list) or not results or not all(isinstance(r, dict) for r in results):
-        raise BackendError(f"malformed moderation response: {str(body)[:200]}")
+        # The body is not repeated: an error object may echo the input, which is the answer being judged.
+        raise BackendError("malformed moderation response: no list of results")
     if any(not isinstance(r.get("flagged"), bool) for r in results):
         raise BackendError("a moderation result has no boolean 'flagged'")
-    flagged = any(r["flagged"] for r in results)
-    names = dict.fromkeys(str(name) for r in results for name, on in (r.get("categories") or {}).items() if on is True)
+    tables = [r.get("categories") or {} for r in results]
+    if any(not isinstance(t, dict) or not all(isinstance(on, bool) for on in t.values()) for t in tables):
+        raise BackendError("a moderation result's categories are not a table of booleans")
+    # A category that is on flags the input even when 'flagged' says otherwise: the stricter reading wins.
+    names = dict.fromkeys(" ".join(str(name).replace(",", " ").split()) for t in tables for name, on in t.items() if on)
+    flagged = any(r["flagged"] for r in results) or bool(names)
     text = "Safety: Unsafe\nCategories: " + (", ".join(names) or "None") if flagged else "Safety: Safe"
     return ChatReply(text=text, finish_reason="stop", raw=body)
 

@@ -121,13 +121,19 @@ def to_template_messages(
     return messages, images
 
 
+def _spellings(words: tuple[str, ...]) -> tuple[str, ...]:
+    """Each word in lower, capitalised and upper case, bare and after a space (as its text reading allows)."""
+    forms = (str.lower, str.capitalize, str.upper)
+    return tuple(dict.fromkeys(f"{lead}{form(w.strip())}" for w in words for lead in ("", " ") for form in forms))
+
+
 def yes_no_token_ids(tokenizer: Any, words: ScoreWords | None = None) -> tuple[list[int], list[int]]:
     """First-token ids of the spellings of "yes" and "no", or of ``words`` (ids shared by both are dropped).
 
     A spelling counts by the first token it encodes to, when that token reads as the start of the
     word ("un" for "unsafe" in a tokenizer without the whole word).
     """
-    unsafe, safe = (_YES_VARIANTS, _NO_VARIANTS) if words is None else words
+    unsafe, safe = (_YES_VARIANTS, _NO_VARIANTS) if words is None else (_spellings(words[0]), _spellings(words[1]))
 
     def first_ids(variants: tuple[str, ...]) -> set[int]:
         ids = set()
