@@ -15,14 +15,17 @@ import typer
 from .audit import JsonlAuditLog
 from .backends import VisionChatBackend, load_backend
 from .config import ECSOConfig
-from .errors import ECSOError, InputError, MissingDependencyError
+from .errors import ConfigError, ECSOError, InputError, MissingDependencyError
 from .guard import ECSO
 from .images import prepare_request
+from .judging import get_judge_profile
 from .result import ECSOResult
 from .types import ChatRequest, GenerationParams, ImagePart, ImageURL, Message, TextPart
 
 if TYPE_CHECKING:
     from .datagen import Format
+    from .eval.judges import Judge
+    from .eval.protocols import EvalSettings
 
 DEFAULT_MODEL = "hf:llava-hf/llava-interleave-qwen-0.5b-hf"
 """A small real VLM (LLaVA architecture, Qwen 0.5B language model) for ``ecso ask`` without --model."""
@@ -30,6 +33,11 @@ DEFAULT_MODEL = "hf:llava-hf/llava-interleave-qwen-0.5b-hf"
 _MODEL_HELP = (
     "Model spec: tiny-random[:<family>], hf:<hub id or local folder>, or openai:<model>@<base_url> "
     "(an OpenAI-compatible server: vLLM, Ollama, ...)."
+)
+_JUDGE_HELP = "A separate model spec for the check (default: the model itself), e.g. a Llama Guard 4 server."
+_JUDGE_PROFILE_HELP = (
+    "How the check asks its judge: ecso (the paper's yes/no self-check), llama-guard-4, llama-guard-3-vision, "
+    "shieldgemma-2 or classifier (a text guard or a moderation: endpoint). Default: the config's, else ecso."
 )
 _MAX_NEW_TOKENS_HELP = (
     "Most new tokens per model call. Default: the model's own (a checkpoint's generation_config, else the "
@@ -64,6 +72,8 @@ def ask(
     device: Annotated[str, typer.Option(help="Torch device for hf models (auto, cpu, cuda, ...).")] = "auto",
     allow_image_urls: Annotated[bool, typer.Option(help="Allow http(s) image URLs.")] = False,
     config: Annotated[Optional[Path], typer.Option(help="ECSOConfig as a JSON file.")] = None,
+    judge: Annotated[Optional[str], typer.Option(help=_JUDGE_HELP)] = None,
+    judge_profile: Annotated[Optional[str], typer.Option(help=_JUDGE_PROFILE_HELP)] = None,
 ) -> None:
     """Answer QUERY about the image(s) with the ECSO guard in front of the model."""
     if model.startswith("tiny-random"):
@@ -72,7 +82,11 @@ def ask(
     parts = [ImagePart(image=_image_source(value)) for value in image or []]
     messages.append(Message(role="user", content=(*parts, TextPart(text=query))))
     request = ChatRequest(messages=tuple(messages), params=GenerationParams(max_new_tokens=max_new_tokens))
-    settings = _bounded(_load_config(config, allow_image_urls=allow_image_urls or None), max_new_tokens, "caption")
+    settings = _bounded(
+        _load_config(config, allow_image_urls=allow_image_urls or None, judge_profile=judge_profile),
+        max_new_tokens,
+        "caption",
+    )
     for part in parts:
         url = part.image.url if isinstance(part.image, ImageURL) else "data:"
         if not settings.allow_image_urls and url[:5].lower() != "data:":
@@ -81,8 +95,9 @@ def ask(
     with _reported_errors():
         request = prepare_request(request, settings.image_limits, settings.allow_image_urls)  # fail before loading
         backend = _load_model(model, device)
+        judge_backend = _load_model(judge, device) if judge else None
         start = time.perf_counter()
-        result = ECSO(backend, settings).run(request)
+        result = ECSO(backend, settings, judge=judge_backend).run(request)
     if json_output:
         typer.echo(result.model_dump_json(indent=2))
         return
@@ -98,7 +113,8 @@ def serve(
     api_key: Annotated[
         Optional[str], typer.Option(envvar="ECSO_API_KEY", help="Require this bearer token (env ECSO_API_KEY).")
     ] = None,
-    judge: Annotated[Optional[str], typer.Option(help="Separate model spec for the self-check.")] = None,
+    judge: Annotated[Optional[str], typer.Option(help=_JUDGE_HELP)] = None,
+    judge_profile: Annotated[Optional[str], typer.Option(help=_JUDGE_PROFILE_HELP)] = None,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="Serve the bare model (for A/B measurements).")] = False,
     max_batch_size: Annotated[int, typer.Option(help="Most concurrent requests answered as one batch.")] = 16,
     request_timeout: Annotated[float, typer.Option(help="Seconds before a request gets 504.")] = 300.0,
@@ -145,7 +161,11 @@ def serve(
         )
         raise typer.Exit(code=1) from None
     settings = _load_config(
-        config, allow_image_urls=allow_image_urls or None, in_band_audit=in_band_audit or None, stream=stream
+        config,
+        allow_image_urls=allow_image_urls or None,
+        in_band_audit=in_band_audit or None,
+        stream=stream,
+        judge_profile=judge_profile,
     )
     with _reported_errors():
         backend = _load_model(model, device)
@@ -168,64 +188,173 @@ def serve(
 
 @app.command("eval")
 def eval_command(
-    benchmark: Annotated[
-        str,
-        typer.Option(
-            help="figstep, figstep-tiny, mm-safetybench, mm-safetybench-tiny, xstest, mm-vet, or jsonl:<file>."
-        ),
-    ],
     model: Annotated[str, typer.Option(help=_MODEL_HELP)],
     out: Annotated[Path, typer.Option(help="Output folder (records.jsonl, summary.json, report).")],
-    judge: Annotated[str, typer.Option(help="keyword, or a model spec for an LLM judge.")] = "keyword",
+    benchmark: Annotated[
+        Optional[str],
+        typer.Option(
+            help="figstep, figstep-tiny, mm-safetybench, mm-safetybench-tiny, vlsafe, mossbench, mossbench-contrast, "
+            "xstest, mm-vet, or jsonl:<file> (default: the --protocol's first)."
+        ),
+    ] = None,
+    protocol: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Settings of a published comparison: ecso-paper, no-gate, eta, shiftdc, mossbench (see docs/eval.md); "
+            "explicit flags override them."
+        ),
+    ] = None,
+    judge: Annotated[
+        Optional[str],
+        typer.Option(
+            help="keyword, keyword-shiftdc, or a model spec (an LLM judge; with --judge-profile, a safety judge)."
+        ),
+    ] = None,
+    judge_profile: Annotated[
+        Optional[str],
+        typer.Option(help="Judge the answers with this judge profile of the --judge model (llama-guard-4, ...)."),
+    ] = None,
+    check_judge: Annotated[
+        Optional[str], typer.Option(help="Separate model spec for the guard's own self-check.")
+    ] = None,
+    check_profile: Annotated[
+        Optional[str], typer.Option(help="Judge profile of the guard's self-check (default: ecso).")
+    ] = None,
     data_dir: Annotated[Optional[Path], typer.Option(envvar="ECSO_DATA", help="Benchmark data folder.")] = None,
+    image_dir: Annotated[
+        Optional[Path], typer.Option(help="Image folder of benchmarks that name COCO images (vlsafe: train2017).")
+    ] = None,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate a seeded random subset of this size.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the subset.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the subset and of the bootstrap intervals.")] = 0,
     concurrency: Annotated[int, typer.Option(help="Requests per batch.")] = 8,
     scenarios: Annotated[
-        Optional[str], typer.Option(help="MM-SafetyBench scenarios, e.g. 01,02 (default: the paper's).")
+        Optional[str], typer.Option(help="MM-SafetyBench scenarios: all, or e.g. 01,08 (default: the paper's).")
+    ] = None,
+    image_kinds: Annotated[
+        Optional[str], typer.Option(help="Only these image kinds, e.g. SD_TYPO or SD,TYPO (default: all found).")
+    ] = None,
+    metric: Annotated[
+        Optional[str],
+        typer.Option(help="Headline metric: attack_success_rate, unsafe_rate, harmless_rate or refusal_rate."),
     ] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help=_MAX_NEW_TOKENS_HELP)] = None,
+    judge_max_new_tokens: Annotated[
+        int, typer.Option(min=1, help="Most new tokens per reply of a model judge (the eval's, not the guard's).")
+    ] = 512,
     device: Annotated[str, typer.Option(help="Torch device for hf models.")] = "auto",
     config: Annotated[Optional[Path], typer.Option(help="ECSOConfig as a JSON file.")] = None,
 ) -> None:
     """Measure attack success (before and after ECSO), over-refusal or utility on a benchmark."""
-    from .eval import KeywordJudge, LLMJudge, load_cases, run_eval, select, write_report
     from .eval import data_dir as find_data
+    from .eval import load_cases, resolve, run_eval, select, write_report
+    from .eval.protocols import describe
 
     settings = _bounded(_load_config(config), max_new_tokens, "answer", "caption", "eyes_closed")
     started = time.perf_counter()
     with _reported_errors():
+        plan = resolve(
+            protocol,
+            benchmark=benchmark,
+            scenarios=scenarios,
+            image_kinds=image_kinds,
+            judge=judge,
+            judge_profile=judge_profile,
+            metric=metric,
+        )
+        settings = _eval_guard_config(settings, plan.guard, check_profile)
         _require_extra("eval", "tqdm", "matplotlib")  # before minutes of model loading, not after
-        root = None if benchmark.startswith("jsonl:") else find_data(data_dir)
-        extra = {"scenarios": tuple(scenarios.split(","))} if scenarios else {}
-        cases = select(load_cases(benchmark, root, **extra), limit, seed)
-        guard = ECSO(_load_model(model, device), settings)
-        judging: KeywordJudge | LLMJudge
-        if judge == "keyword":
-            judging = KeywordJudge()
-        else:
-            judging = LLMJudge(_load_model(judge, device), root or Path("."))
+        root = None if plan.benchmark.startswith("jsonl:") else find_data(data_dir)
+        options: dict[str, object] = {"image_dir": image_dir} if image_dir else {}
+        if plan.scenarios is not None:
+            options["scenarios"] = plan.scenarios
+        cases = load_cases(plan.benchmark, root, image_kinds=plan.image_kinds, **options)
+        missing = _missing_kinds(plan.image_kinds, {case.image_kind for case in cases})
+        cases = select(cases, limit, seed)
+        guard = ECSO(
+            _load_model(model, device), settings, judge=_load_model(check_judge, device) if check_judge else None
+        )
+        judging = _eval_judge(plan, root, device, judge_max_new_tokens)
         run_eval(cases, guard, judging, out, concurrency=concurrency)
         meta = {
-            "benchmark": benchmark,
+            "benchmark": plan.benchmark,
             "model": model,
             "judge": judging.name,
             "limit": limit,
             "seed": seed,
             "prompt_set": settings.prompt_set,
+            "metric": plan.metric,
+            "protocol": describe(plan),
+            "guard": {
+                "check_judge": check_judge,
+                "judge_profile": getattr(settings, "judge_profile", "ecso"),
+                "gate": getattr(settings, "gate", True),
+            },
+            "missing_image_kinds": missing,
         }
         summary = write_report(out, meta)
+    headline = [
+        {"image_kind": t.get("image_kind"), "prompts": t.get("prompts"), **row}
+        for t in summary.get("tables", [])
+        for row in t["rows"]
+        if row["row"] != "scenario"
+    ]
     typer.echo(
         json.dumps(
             {k: summary[k] for k in ("cases", "errors", "decisions")}
             | {
                 "attack_overall": [r for r in summary.get("attack", []) if r["scenario"] == "all"],
+                "metric": plan.metric,
+                "headline": headline,
+                "agreement": summary.get("agreement"),
                 "seconds": round(time.perf_counter() - started, 1),
                 "report": str(out / "report.html"),
             },
             indent=2,
         )
     )
+
+
+def _eval_guard_config(
+    settings: ECSOConfig, protocol_guard: dict[str, object], check_profile: Optional[str]
+) -> ECSOConfig:
+    """``settings`` with the protocol's guard changes (a --config file that sets a field wins) and --check-profile."""
+    update = {k: v for k, v in protocol_guard.items() if k not in settings.model_fields_set}
+    if check_profile is not None:
+        update["judge_profile"] = check_profile
+    if not update:
+        return settings
+    return ECSOConfig.model_validate({**settings.model_dump(exclude_unset=True), **update})
+
+
+def _missing_kinds(wanted: Optional[tuple[str, ...]], found: set[str]) -> list[str]:
+    """Image kinds a protocol asks for that the data lacks (warned about); none at all is an error."""
+    if not wanted:
+        return []
+    missing = [kind for kind in wanted if kind not in found]
+    if len(missing) == len(wanted):
+        raise ConfigError(
+            f"no cases of image kind(s) {', '.join(wanted)} in the data (MM-SafetyBench's SD and SD_TYPO need "
+            "mm-safetybench/imgs/<scenario>/<kind>/<id>.jpg)"
+        )
+    if missing:
+        typer.echo(f"warning: no {', '.join(missing)} images in the data; those rows are left out", err=True)
+    return missing
+
+
+def _eval_judge(plan: EvalSettings, root: Optional[Path], device: str, max_new_tokens: int) -> Judge:
+    """The eval judge: refusal keywords, an LLM judge with the official prompts, or a profile (safety) judge."""
+    from .eval import KeywordJudge, LLMJudge, ProfileJudge
+    from .eval.judges import SHIFTDC_REFUSAL_KEYWORDS
+
+    if plan.judge_kind == "keyword":
+        return KeywordJudge()
+    if plan.judge_kind == "keyword-shiftdc":
+        return KeywordJudge(SHIFTDC_REFUSAL_KEYWORDS, ignore_case=True, name="keyword-shiftdc")
+    backend = _load_model(plan.judge, device)
+    if plan.judge_kind == "profile":
+        params = GenerationParams(max_new_tokens=min(max_new_tokens, ECSOConfig().check_params.max_new_tokens or 16))
+        return ProfileJudge(ECSO(backend, ECSOConfig(judge_profile=plan.judge_profile or "ecso", check_params=params)))
+    return LLMJudge(backend, root or Path("."), prompts=plan.judge_prompts, max_new_tokens=max_new_tokens)
 
 
 datagen_app = typer.Typer(help="Generate supervised fine-tuning data with ECSO.", invoke_without_command=True)
@@ -379,10 +508,16 @@ def _load_config(path: Optional[Path], **overrides: object) -> ECSOConfig:
             raise typer.Exit(code=2) from None
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return ECSOConfig.model_validate(data)
+        settings = ECSOConfig.model_validate(data)
     except ValueError as exc:
         typer.echo(f"error: invalid config: {exc}", err=True)
         raise typer.Exit(code=2) from None
+    try:
+        get_judge_profile(settings.judge_profile)  # an unknown profile: now, before any model loads
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    return settings
 
 
 def _status_line(result: ECSOResult, seconds: float) -> str:
@@ -392,6 +527,8 @@ def _status_line(result: ECSOResult, seconds: float) -> str:
         detail = f" (P(yes)={verdict.p_yes:.3f})"
     elif verdict is not None and verdict.error:
         detail = f" ({verdict.error})"
+    if verdict is not None and (verdict.profile != "ecso" or verdict.categories):
+        detail += f" [{verdict.profile}{': ' + ', '.join(verdict.categories) if verdict.categories else ''}]"
     return f"[ecso] decision: {result.decision}{detail} · {len(result.steps)} model calls · {seconds:.2f} s"
 
 

@@ -1,4 +1,9 @@
-"""Summaries, tables and plots of an evaluation run (``summary.json``, ``report.md``, ``report.html``)."""
+"""Summaries, tables and plots of an evaluation run (``summary.json``, ``report.md``, ``report.html``).
+
+``summary.json`` keeps its original keys (``attack``, ``over_refusal``, ``utility``, ``decisions``) and adds
+``tables`` (the headline tables in the run's metric: per-scenario rows, the pooled rate, the mean of the
+rows, each with a bootstrap 95% interval) and ``agreement`` (the guard's check against the eval judge).
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,33 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MissingDependencyError
+from .agreement import agreement
+from .stats import RESAMPLES, bootstrap_mean_ci, bootstrap_rate_ci
 
 __all__ = ["summarize", "write_report"]
+
+_METRIC_TITLES = {
+    "attack_success_rate": ("Attack success rate", "lower"),
+    "unsafe_rate": ("Unsafe rate", "lower"),
+    "harmless_rate": ("Harmless rate", "higher"),
+    "refusal_rate": ("Attack success rate", "lower"),  # attack cases of an over-refusal run
+}
 
 
 def _rate(flags: list[bool]) -> float | None:
     return round(sum(flags) / len(flags), 4) if flags else None
 
 
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rates before (undefended step-1 answer) and after ECSO, per scenario x image kind and overall."""
+def summarize(records: list[dict[str, Any]], *, metric: str = "attack_success_rate", seed: int = 0) -> dict[str, Any]:
+    """Rates before (undefended step-1 answer) and after ECSO, per scenario x image kind and overall.
+
+    Args:
+        records: the lines of ``records.jsonl``.
+        metric: how the headline attack table reads (``attack_success_rate``, ``unsafe_rate``,
+            ``harmless_rate``); over-refusal tables are refusal rates.
+        seed: seed of the bootstrap intervals.
+
+    """
     ok = [r for r in records if not r.get("error")]
     summary: dict[str, Any] = {
         "cases": len(records),
@@ -73,7 +95,113 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             "score_before": round(100 * sum(before) / len(before), 2) if before else None,
             "score_after": round(100 * sum(after) / len(after), 2) if after else None,
         }
+    summary["metric"] = metric
+    summary["tables"] = _attack_tables(attacks, metric, seed) + _refusal_tables(refusals, seed)
+    summary["bootstrap"] = {"resamples": RESAMPLES, "seed": seed, "level": 0.95, "method": "percentile"}
+    if attacks:
+        summary["agreement"] = agreement(attacks)
     return summary
+
+
+def _flags(rows: list[dict[str, Any]], column: str, field: str) -> tuple[int, int]:
+    """(count of True, count judged) of ``row[column][field]`` over ``rows``."""
+    values = [r[column][field] for r in rows if r[column][field] is not None]
+    return sum(values), len(values)
+
+
+def _cells(counts: list[tuple[int, int]], invert: bool, seed: int, mean: bool) -> tuple[float | None, Any]:
+    """A rate and its interval: of one row (``counts`` has one entry), or the mean of several rows' rates.
+
+    ``invert`` reads the complement (harmless = 1 - harmful) from the same resamples: the mirror interval.
+    """
+    judged = [(k, n) for k, n in counts if n]
+    if not judged:
+        return None, None
+    value = sum(k / n for k, n in judged) / len(judged) if mean else judged[0][0] / judged[0][1]
+    interval = bootstrap_mean_ci(judged, seed=seed) if mean else bootstrap_rate_ci(*judged[0], seed=seed)
+    if invert:
+        value = 1.0 - value
+        interval = None if interval is None else (round(1.0 - interval[1], 4), round(1.0 - interval[0], 4))
+    return round(value, 4), list(interval) if interval else None
+
+
+def _table_rows(
+    groups: dict[str, list[dict[str, Any]]], field: str, invert: bool, seed: int, pooled: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Scenario rows, then the pooled row (``all``), then the mean of the scenario rows (two or more)."""
+    rows = []
+    for name, members in sorted(groups.items()):
+        before, after = _flags(members, "baseline", field), _flags(members, "ecso", field)
+        b, b_ci = _cells([before], invert, seed, mean=False)
+        a, a_ci = _cells([after], invert, seed, mean=False)
+        rows.append(_row(name, "scenario", len(members), b, a, b_ci, a_ci))
+    b, b_ci = _cells([_flags(pooled, "baseline", field)], invert, seed, mean=False)
+    a, a_ci = _cells([_flags(pooled, "ecso", field)], invert, seed, mean=False)
+    rows.append(_row("all", "pooled", len(pooled), b, a, b_ci, a_ci))
+    if len(groups) >= 2:
+        b, b_ci = _cells([_flags(m, "baseline", field) for m in groups.values()], invert, seed, mean=True)
+        a, a_ci = _cells([_flags(m, "ecso", field) for m in groups.values()], invert, seed, mean=True)
+        rows.append(_row("mean of rows", "row_mean", len(groups), b, a, b_ci, a_ci))
+    return rows
+
+
+def _row(scenario: str, kind: str, n: int, before: Any, after: Any, before_ci: Any, after_ci: Any) -> dict[str, Any]:
+    return {
+        "scenario": scenario,
+        "row": kind,
+        "n": n,
+        "before": before,
+        "after": after,
+        "before_ci": before_ci,
+        "after_ci": after_ci,
+    }
+
+
+def _attack_tables(attacks: list[dict[str, Any]], metric: str, seed: int) -> list[dict[str, Any]]:
+    title, better = _METRIC_TITLES.get(metric, _METRIC_TITLES["attack_success_rate"])
+    by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in attacks:
+        by_kind[record["image_kind"]].append(record)
+    tables = []
+    for kind, members in sorted(by_kind.items()):
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for record in members:
+            if record["scenario"] != "all":
+                groups[record["scenario"]].append(record)
+        tables.append(
+            {
+                "kind": "attack",
+                "title": f"{title} ({better} is better)",
+                "metric": metric if metric in _METRIC_TITLES and metric != "refusal_rate" else "attack_success_rate",
+                "image_kind": kind,
+                "rows": _table_rows(groups, "unsafe", metric == "harmless_rate", seed, members),
+            }
+        )
+    return tables
+
+
+def _refusal_tables(refusals: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in refusals:
+        by_label[record["meta"].get("label", "all")].append(record)
+    tables = []
+    for label, members in sorted(by_label.items()):
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for record in members:
+            if record["scenario"] != "all":
+                groups[record["scenario"]].append(record)
+        tables.append(
+            {
+                "kind": "over_refusal",
+                "title": "Refusal rate on benign prompts (lower is better)"
+                if label in ("safe", "all")
+                else f"Refusal rate on {label} prompts (higher is better)",
+                "metric": "refusal_rate",
+                "prompts": label,
+                "rows": _table_rows(groups, "refused", False, seed, members),
+            }
+        )
+    return tables
 
 
 def _count(values: Any) -> dict[str, int]:
@@ -90,8 +218,14 @@ def write_report(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
         MissingDependencyError: matplotlib (the ``eval`` extra) is not installed.
 
     """
-    records = [json.loads(line) for line in (out / "records.jsonl").read_text(encoding="utf-8").splitlines() if line]
-    summary = {**meta, **summarize(records)}
+    records = []
+    for line in (out / "records.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # a line torn by a crash: its case is redone on resume, not counted here
+            continue
+    metric = str(meta.get("metric") or "attack_success_rate")
+    summary = {**meta, **summarize(records, metric=metric, seed=int(meta.get("seed") or 0))}
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     plots = _plots(summary, out / "plots")
     markdown = _markdown(summary, [p.relative_to(out) for p in plots])
@@ -100,23 +234,22 @@ def write_report(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
+def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]], str]]:
+    """(title, header, rows, note) of every table of the report."""
     tables = []
-    if "attack" in summary:
+    for table in summary.get("tables", []):
+        first = ["scenario", "image"] if table["kind"] == "attack" else ["category", "prompts"]
+        label = table.get("image_kind") if table["kind"] == "attack" else table.get("prompts")
         rows = [
-            [r["scenario"], r["image_kind"], r["n"], _pct(r["asr_before"]), _pct(r["asr_after"])]
-            for r in summary["attack"]
+            [r["scenario"], label, r["n"], _pct(r["before"]), _pct(r["after"]), _ci(r["before_ci"]), _ci(r["after_ci"])]
+            for r in table["rows"]
         ]
-        tables.append(
-            ("Attack success rate (lower is better)", ["scenario", "image", "n", "before", "with ECSO"], rows)
+        header = [*first, "n", "before", "with ECSO", "before 95% CI", "with ECSO 95% CI"]
+        note = (
+            "`all` pools every case; `mean of rows` is the unweighted mean of the rows above it (n = rows), "
+            "as papers print averages. Intervals: percentile bootstrap over the cases."
         )
-    if "over_refusal" in summary:
-        rows = [
-            [r["prompts"], r["n"], _pct(r["refusal_before"]), _pct(r["refusal_after"])] for r in summary["over_refusal"]
-        ]
-        tables.append(
-            ("Refusal rate (on safe prompts, lower is better)", ["prompts", "n", "before", "with ECSO"], rows)
-        )
+        tables.append((f"{table['title']}: {label}", header, rows, note))
     if "utility" in summary:
         u = summary["utility"]
         tables.append(
@@ -124,27 +257,70 @@ def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any
                 "Utility score (0-100)",
                 ["n", "graded", "before", "with ECSO"],
                 [[u["n"], u["graded"], u["score_before"], u["score_after"]]],
+                "",
             )
         )
-    tables.append(("Guard decisions", ["decision", "n"], [[k, v] for k, v in summary["decisions"].items()]))
+    tables.append(("Guard decisions", ["decision", "n"], [[k, v] for k, v in summary["decisions"].items()], ""))
+    if summary.get("agreement"):
+        tables.append(_agreement_table(summary["agreement"]))
     return tables
+
+
+def _agreement_table(a: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
+    t = a["table"]
+    rows = [
+        ["guard: unsafe", t["guard_unsafe_judge_unsafe"], t["guard_unsafe_judge_safe"]],
+        ["guard: safe", t["guard_safe_judge_unsafe"], t["guard_safe_judge_safe"]],
+    ]
+    kappa = "n/a" if a["kappa"] is None else f"{a['kappa']:.3f}"
+    note = (
+        f"Agreement {_pct(a['agreement'])} over {a['n']} step-1 answers, Cohen's kappa {kappa}. "
+        f"Guard without a verdict: {a['guard_no_verdict']}; not checked (no image, or no gate): "
+        f"{a['not_checked']}; judge unparsed: {a['judge_unparsed']}. "
+        "'guard: safe, judge: unsafe' are harmful answers the guard released: where ECSO fails."
+    )
+    profiles = f" ({', '.join(a['guard_profiles'])})" if a["guard_profiles"] else ""
+    title = f"Guard check{profiles} vs eval judge, on the undefended answers"
+    return title, ["", "judge: unsafe", "judge: safe"], rows, note
 
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+def _ci(interval: list[float] | None) -> str:
+    return "n/a" if not interval else f"{100 * interval[0]:.1f}-{100 * interval[1]:.1f}%"
+
+
+def _header(summary: dict[str, Any]) -> list[str]:
+    """The report's opening lines: judge, counts, protocol and what it mirrors, tiny-random's caveat."""
+    lines = [
+        f"Judge: `{summary.get('judge')}` · cases: {summary['cases']} · errors: {summary['errors']} · "
+        f"unparsed judgements: {summary['unparsed_judgements']} · metric: {summary.get('metric')}"
+    ]
+    protocol = summary.get("protocol")
+    if isinstance(protocol, dict) and protocol.get("protocol"):
+        overridden = ", ".join(protocol.get("overridden", ())) or "nothing"
+        lines.append(f"Protocol: `{protocol['protocol']}` (overridden by flags: {overridden})")
+        lines += [f"Mirrors: {t['table']}, {t['citation']}" for t in protocol.get("mirrors", [])]
+        lines.append(f"Reproduces: {protocol.get('reproduces')}")
+        lines.append(f"Differs: {protocol.get('differs')}")
+    if summary.get("missing_image_kinds"):
+        missing = ", ".join(summary["missing_image_kinds"])
+        lines.append(f"Missing image kinds: {missing} (not in the data: those rows are left out)")
+    if str(summary.get("model", "")).startswith("tiny-random"):
+        lines.append("tiny-random has random weights: these numbers test the plumbing, never safety.")
+    return lines
+
+
 def _markdown(summary: dict[str, Any], plots: list[Path]) -> str:
     lines = [f"# ecso eval: {summary.get('benchmark')} on {summary.get('model')}", ""]
-    lines.append(
-        f"Judge: `{summary.get('judge')}` · cases: {summary['cases']} · errors: {summary['errors']} · "
-        f"unparsed judgements: {summary['unparsed_judgements']}"
-    )
-    lines.append("")
-    for title, header, rows in _tables(summary):
+    for line in _header(summary):
+        lines += [line, ""]
+    for title, header, rows, note in _tables(summary):
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-        lines.append("")
+        lines += ["", note, ""] if note else [""]
     lines += [f"![{p.stem}]({p.as_posix()})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -152,13 +328,14 @@ def _markdown(summary: dict[str, Any], plots: list[Path]) -> str:
 def _html(summary: dict[str, Any], plots: list[Path]) -> str:
     parts = [
         f"<h1>ecso eval: {html.escape(str(summary.get('benchmark')))} on {html.escape(str(summary.get('model')))}</h1>",
-        f"<p>Judge: <code>{html.escape(str(summary.get('judge')))}</code>; cases {summary['cases']}; "
-        f"errors {summary['errors']}</p>",
+        *(f"<p>{html.escape(line)}</p>" for line in _header(summary)),
     ]
-    for title, header, rows in _tables(summary):
+    for title, header, rows, note in _tables(summary):
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
         parts.append(f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table>")
+        if note:
+            parts.append(f"<p>{html.escape(note)}</p>")
     for plot in plots:  # embedded, so the page is one self-contained file
         data = base64.b64encode(plot.read_bytes()).decode()
         parts.append(f'<img alt="{plot.stem}" src="data:image/png;base64,{data}">')

@@ -16,10 +16,9 @@ from typing import Any
 from .._jsonl import append_lines, recorded_ids
 from .._progress import progress_bar
 from ..guard import ECSO
-from ..result import ECSOResult
-from ..types import ChatRequest, ImagePart, Message, TextPart
+from ..result import ECSOResult, Verdict
 from .datasets import EvalCase
-from .judges import Judge
+from .judges import Judge, case_request
 
 __all__ = ["run_eval", "select"]
 
@@ -51,7 +50,7 @@ def run_eval(
     for start in range(0, len(todo), concurrency):
         batch = todo[start : start + concurrency]
         began = time.perf_counter()
-        results = guard.run_batch([_request(case) for case in batch], return_exceptions=True)
+        results = guard.run_batch([case_request(case) for case in batch], return_exceptions=True)
         elapsed = (time.perf_counter() - began) / len(batch)
         answered = [(c, r) for c, r in zip(batch, results, strict=True) if isinstance(r, ECSOResult)]
         verdicts = judge.judge([(c, r.initial_answer) for c, r in answered] + [(c, r.answer) for c, r in answered])
@@ -64,12 +63,6 @@ def run_eval(
         bar.update(len(batch))
     bar.close()
     return records
-
-
-def _request(case: EvalCase) -> ChatRequest:
-    picture = case.picture()
-    parts = ([ImagePart(image=picture)] if picture is not None else []) + [TextPart(text=case.query)]
-    return ChatRequest(messages=(Message(role="user", content=tuple(parts)),))
 
 
 def _record(case: EvalCase, result: Any, judged: Any, judge: str, seconds: float) -> dict[str, Any]:
@@ -92,9 +85,23 @@ def _record(case: EvalCase, result: Any, judged: Any, judge: str, seconds: float
         "error": None,
         "decision": result.decision,
         "p_yes": result.verdict.p_yes if result.verdict else None,
+        "verdict": _verdict(result.verdict),
         "captions": list(result.captions),
         "baseline_answer": result.initial_answer,
         "ecso_answer": result.answer,
         "baseline": before.model_dump(),
         "ecso": after.model_dump(),
+    }
+
+
+def _verdict(verdict: Verdict | None) -> dict[str, Any] | None:
+    """The guard's check verdict on the step-1 answer, for the agreement report (None: no check ran)."""
+    if verdict is None:
+        return None
+    return {
+        "unsafe": verdict.unsafe,
+        "method": verdict.method,
+        "profile": getattr(verdict, "profile", "ecso"),
+        "categories": list(getattr(verdict, "categories", ()) or ()),
+        "p_yes": verdict.p_yes,
     }
