@@ -85,7 +85,7 @@ class JudgeProfile(ABC):
     judges_answer: bool = True
     """False for image classifiers: the check judges the images once, whatever the answer says."""
     min_score_mass: float | None = None
-    """Overrides ``ECSOConfig.min_score_mass`` (a binary classifier over two logits needs no floor)."""
+    """Overrides ``ECSOConfig.min_score_mass`` for this profile (None: the config's floor applies)."""
     reports_categories: bool = False
     """The reply names categories: an unsafe verdict read from scores is asked again for text to learn them."""
     images_per_request: int | None = None
@@ -125,21 +125,22 @@ LLAMA_GUARD_4_CATEGORIES: Mapping[str, str] = MappingProxyType(
     {
         "S1": "Violent Crimes",
         "S2": "Non-Violent Crimes",
-        "S3": "Sex-Related Crimes",
-        "S4": "Child Sexual Exploitation",
+        "S3": "Sex Crimes",
+        "S4": "Child Exploitation",
         "S5": "Defamation",
         "S6": "Specialized Advice",
         "S7": "Privacy",
         "S8": "Intellectual Property",
         "S9": "Indiscriminate Weapons",
         "S10": "Hate",
-        "S11": "Suicide & Self-Harm",
+        "S11": "Self-Harm",
         "S12": "Sexual Content",
         "S13": "Elections",
         "S14": "Code Interpreter Abuse",
     }
 )
-"""Llama Guard 4's hazard categories (the MLCommons taxonomy), as its chat template lists them."""
+"""Llama Guard 4's hazard categories (the MLCommons taxonomy) as its chat template names them (S14 is listed
+only for conversations with a code interpreter)."""
 
 LLAMA_GUARD_3_CATEGORIES: Mapping[str, str] = MappingProxyType(
     {code: name for code, name in LLAMA_GUARD_4_CATEGORIES.items() if code != "S14"}
@@ -186,7 +187,8 @@ class LlamaGuardProfile(JudgeProfile):
 
     """
 
-    score_words: ScoreWords | None = (("unsafe",), ("safe",))
+    score_words: ScoreWords | None = (("unsafe", "Unsafe", "UNSAFE"), ("safe", "Safe", "SAFE"))
+    """The casings its text reading accepts, so scores and text agree."""
     reports_categories = True
 
     def __init__(self, name: str, categories: Mapping[str, str], images_per_request: int | None = None) -> None:
@@ -278,9 +280,9 @@ class ShieldGemma2Profile(JudgeProfile):
     """
 
     score_words: ScoreWords | None = (("Yes",), ("No",))
+    """Exactly the classifier's two tokens: P(Yes) / (P(Yes) + P(No)) is ShieldGemma 2's own probability."""
     judges_answer = False
     images_per_request = 1
-    min_score_mass = 0.0  # the model is read as a classifier over its Yes and No logits only
 
     def __init__(self, name: str = "shieldgemma-2", policies: Mapping[str, str] = SHIELDGEMMA_2_POLICIES) -> None:
         if not policies:
@@ -299,8 +301,12 @@ class ShieldGemma2Profile(JudgeProfile):
         ]
 
     def read(self, reply: ChatReply) -> Verdict:
-        """The leading word: Yes (violates) or No."""
-        return verdict_from_text(reply.text).model_copy(update={"profile": self.name})
+        """The reply starts with ``Yes`` (violates) or ``No``, spelt so, as the classifier's tokens are."""
+        match = re.match(r"(Yes|No)\b", reply.text.strip())
+        if match is None:
+            error = "the reply does not start with Yes or No"
+            return Verdict(unsafe=None, method="text", raw=reply.text, profile=self.name, error=error)
+        return Verdict(unsafe=match.group(1) == "Yes", method="text", raw=reply.text, profile=self.name)
 
 
 CLASSIFIER_CATEGORIES: tuple[str, ...] = (

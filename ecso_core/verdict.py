@@ -139,25 +139,27 @@ def score_from_tokens(
 ) -> YesNoScore:
     """P(yes) and P(no) from first-token alternatives ``(token, logprob)``, spellings summed.
 
-    ``words`` (unsafe spellings, safe spellings) replaces yes/no (Llama Guard's ``unsafe`` / ``safe``).
-    Tokens are compared without surrounding space and case; a token of two characters or more that
-    starts words of one side only counts for that side (the first piece of a word split in two).
+    ``words`` (unsafe spellings, safe spellings) replaces yes/no (Llama Guard's ``unsafe`` / ``safe``):
+    tokens are compared with them exactly, surrounding space aside (a profile lists the casings it
+    accepts); yes/no are compared in any case. A token of two characters or more that starts words of
+    one side only counts for that side (the first piece of a word split in two).
 
     Raises:
         BackendError: impossible log-probabilities (positive, infinite or NaN, or alternatives whose
             probabilities sum past 1): a judge that sends them is broken, and the check fails closed.
 
     """
+    fold = str.lower if words is None else str  # yes/no in any case; a profile's spellings exactly
     unsafe_words, safe_words = (("yes",), ("no",)) if words is None else words
-    unsafe = tuple(w.strip().lower() for w in unsafe_words)
-    safe = tuple(w.strip().lower() for w in safe_words)
+    unsafe = tuple(fold(w.strip()) for w in unsafe_words)
+    safe = tuple(fold(w.strip()) for w in safe_words)
     p_yes = p_no = total = 0.0
     for token, logprob in candidates:
         if math.isnan(logprob) or logprob > 1e-6:
             raise BackendError(f"the judge sent an impossible log-probability ({logprob})")
         probability = math.exp(logprob)
         total += probability
-        side = _side(token.strip().lower(), unsafe, safe)
+        side = _side(fold(token.strip()), unsafe, safe)
         if side == "unsafe":
             p_yes += probability
         elif side == "safe":

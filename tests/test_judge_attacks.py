@@ -301,7 +301,7 @@ def test_no_gate_progressive_stream_never_checks_or_releases_the_step_one_answer
         ("ecso", "Nope, it is fine", None),
         ("ecso", "YES", True),
         ("shieldgemma-2", "\u200bNo", None),
-        ("shieldgemma-2", "yes", True),
+        ("shieldgemma-2", "yes", None),  # not the classifier's token: no verdict, fail-closed
         ("classifier", "Safety: Unsafe\nSafety: Safe", None),  # contradicts itself: no verdict, fail-closed
         ("classifier", "Safety: Safe\u200b", None),
         ("classifier", "Safety:\u200bSafe", None),

@@ -87,18 +87,18 @@ def test_an_unknown_profile_is_a_config_error_when_the_guard_is_built() -> None:
 
 
 def test_a_custom_profile_registers_once_and_replaces_only_when_asked() -> None:
-    custom = ShieldGemma2Profile("shieldgemma-2-weapons", {"weapons": "No weapons: the image shall not show guns."})
+    custom = ShieldGemma2Profile("shieldgemma-2-guns", {"weapons": "No weapons: the image shall not show guns."})
     try:
         register_judge_profile(custom)
         with pytest.raises(ConfigError, match="exists"):
-            register_judge_profile(ShieldGemma2Profile("shieldgemma-2-weapons"))
-        guard, _, judge = guard_with("shieldgemma-2-weapons", ["No"])
+            register_judge_profile(ShieldGemma2Profile("shieldgemma-2-guns"))
+        guard, _, judge = guard_with("shieldgemma-2-guns", ["No"])
         assert guard.run(request(RED)).decision == "safe"
         assert shape(judge.requests[0]) == [("user", ["image (8, 8)", "No weapons: the image shall not show guns."])]
     finally:
         from ecso_core import judging
 
-        judging._PROFILES.pop("shieldgemma-2-weapons", None)
+        judging._PROFILES.pop("shieldgemma-2-guns", None)
 
 
 # ---- parse tables --------------------------------------------------------------------------------
@@ -123,6 +123,8 @@ def test_a_custom_profile_registers_once_and_replaces_only_when_asked() -> None:
         ("shieldgemma-2", "Yes", True, ()),
         ("shieldgemma-2", "No, it does not.", False, ()),
         ("shieldgemma-2", "Maybe", None, ()),
+        ("shieldgemma-2", "yes", None, ()),  # not the classifier's token
+        ("shieldgemma-2", "Yesterday", None, ()),
         ("ecso", "yes", True, ()),
         ("ecso", "No.", False, ()),
         ("classifier", "Safety: Unsafe\nCategories: Violent, Jailbreak", True, ("Violent", "Jailbreak")),
@@ -163,12 +165,13 @@ def test_classifier_labels_must_not_overlap() -> None:
     ("words", "tokens", "expected"),
     [
         (None, [("Yes", 0.5), (" yes", 0.05), ("no", 0.2), ("unsafe", 0.1), ("ye", 0.01)], (0.56, 0.2)),
-        ((("unsafe",), ("safe",)), [("unsafe", 0.5), ("Safe", 0.3), ("Yes", 0.1), (" un", 0.05)], (0.55, 0.3)),
-        ((("Yes",), ("No",)), [("Yes", 0.3), ("yes", 0.2), ("No", 0.25), ("n", 0.1)], (0.5, 0.25)),
+        (LlamaGuardProfile.score_words, [("unsafe", 0.5), ("Safe", 0.3), ("Yes", 0.1), (" un", 0.05)], (0.55, 0.3)),
+        # ShieldGemma 2's probability is over exactly its Yes and No tokens
+        (ShieldGemma2Profile.score_words, [("Yes", 0.3), ("yes", 0.2), ("No", 0.25), ("n", 0.1)], (0.3, 0.25)),
     ],
 )
 def test_score_words_pick_the_first_token_spellings(words: Any, tokens: Any, expected: tuple[float, float]) -> None:
-    """Any case, space around, and a first piece of two characters or more ("un", "ye"); one letter is no word."""
+    """Space around, the listed casings (any for yes/no), first pieces of two characters or more ("un", "ye")."""
     score = score_from_tokens([(t, math.log(p)) for t, p in tokens], 5, words)
     assert (score.p_yes, score.p_no) == pytest.approx(expected)
 
@@ -214,7 +217,7 @@ def test_llama_guard_4_gets_the_conversation_with_every_image_and_names_categori
     result = guard.run(request(RED, BLUE))
     (check,) = judge.requests
     assert shape(check) == [("user", ["image (8, 8)", "image (8, 6)", QUERY]), ("assistant", [ANSWER])]
-    assert check.score_words == (("unsafe",), ("safe",))
+    assert check.score_words == (("unsafe", "Unsafe", "UNSAFE"), ("safe", "Safe", "SAFE"))
     assert check.params == ECSOConfig().check_params
     assert result.decision == "unsafe"
     assert result.verdict is not None
@@ -409,7 +412,7 @@ def test_llama_guard_4_served_over_http_safe_takes_one_call() -> None:
     assert result.verdict.p_yes == pytest.approx(0.02 / 0.99)
 
 
-def test_shieldgemma_2_over_http_needs_no_mass_floor_and_names_the_policy() -> None:
+def test_shieldgemma_2_over_http_reads_its_two_tokens_and_names_the_policy() -> None:
     def answer(body: dict[str, Any]) -> dict[str, Any]:
         policy = body["messages"][0]["content"][1]["text"]
         yes = 0.03 if policy.startswith("No Violence") else 0.001  # little mass: a classifier over two logits
@@ -418,7 +421,10 @@ def test_shieldgemma_2_over_http_needs_no_mass_floor_and_names_the_policy() -> N
     server = Server(answer)
     judge = OpenAIBackend("google/shieldgemma-2-4b-it", base_url="http://sg/v1", transport=httpx.MockTransport(server))
     model = ScriptedBackend(by_step(answer=ANSWER, caption="c", eyes_closed="No."))
-    result = ECSO(model, ECSOConfig(judge_profile="shieldgemma-2"), judge=judge).run(request(RED))
+    # The mass on Yes and No is small here, so the floor is lowered to read the score at all (a real
+    # ShieldGemma puts nearly all its mass there; below the default floor the guard reads its text).
+    config = ECSOConfig(judge_profile="shieldgemma-2", min_score_mass=0.0)
+    result = ECSO(model, config, judge=judge).run(request(RED))
     assert [b["messages"][0]["content"][1]["text"] for b in server.bodies] == list(SHIELDGEMMA_2_POLICIES.values())
     assert result.verdict is not None
     assert (result.verdict.unsafe, result.verdict.categories) == (True, ("violence",))

@@ -10,6 +10,7 @@ import importlib
 import inspect
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -17,8 +18,13 @@ import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import torch
 import transformers
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_processing_backends import PilBackend
+from transformers.image_utils import PILImageResampling, SizeDict
+from transformers.processing_utils import ImagesKwargs
 from transformers.utils import logging as hf_logging
 from transformers.utils.hub import cached_file
 from transformers.utils.import_utils import is_torchvision_available
@@ -30,7 +36,16 @@ if TYPE_CHECKING:
 
     from .transformers import TransformersSettings
 
-__all__ = ["image_only_processor", "load_pretrained", "load_processor", "looks_like_path", "pixtral_processor_class"]
+__all__ = [
+    "image_only_processor",
+    "Llama4ImageProcessorPil",
+    "llama4_output_fix",
+    "load_pretrained",
+    "load_processor",
+    "looks_like_path",
+    "pixtral_processor_class",
+    "shieldgemma2_prompt_processor",
+]
 
 _log = logging.getLogger("ecso")
 
@@ -61,11 +76,18 @@ def load_pretrained(options: TransformersSettings) -> tuple[Any, Any, str]:
     }
     device = _device(options.device)
     try:
+        config = transformers.AutoConfig.from_pretrained(options.model, **kwargs)
         processor = load_processor(options.model, kwargs)
         load = {"dtype": _dtype(options.dtype, device), **kwargs}
         if options.attn_implementation:
             load["attn_implementation"] = options.attn_implementation
-        loaded = _model_class(options.model, kwargs).from_pretrained(options.model, **load)
+        if config.model_type == "shieldgemma2":
+            loaded = _shieldgemma2_model(options.model, load)
+            processor = shieldgemma2_prompt_processor(processor)
+        else:
+            loaded = _model_class(options.model, kwargs).from_pretrained(options.model, **load)
+        if isinstance(loaded, transformers.Llama4ForConditionalGeneration):
+            llama4_output_fix(loaded)
     except (OSError, ValueError) as exc:  # ValueError: a folder without a model's files in it
         hint = "" if local else f" {_DOWNLOAD_HINT.format(model=options.model)}"
         raise BackendUnavailableError(f"cannot load model {options.model!r}: {exc}.{hint}") from exc
@@ -97,8 +119,11 @@ def load_processor(model: str, kwargs: dict[str, Any]) -> Any:
     processors have PIL versions, which transformers picks when torchvision is absent. Then the
     processor class is loaded without its ``video_processor`` (images only), and the log says so.
     Mistral3's ``PixtralProcessor`` is imported past its torchvision import (see
-    :func:`pixtral_processor_class`).
+    :func:`pixtral_processor_class`). Llama 4's image processor exists only for torchvision: without it,
+    :class:`Llama4ImageProcessorPil` is registered as its PIL version.
     """
+    if not is_torchvision_available():
+        _register_llama4_image_processor_pil()
     try:
         return transformers.AutoProcessor.from_pretrained(model, **kwargs)
     except (OSError, ImportError, AttributeError, ValueError) as exc:
@@ -255,3 +280,217 @@ def _model_class(model: str, kwargs: dict[str, Any]) -> Any:
         if hasattr(transformers, architecture):
             return getattr(transformers, architecture)
     raise BackendUnavailableError(f"{model!r} is not an image-text-to-text model transformers can load")
+
+
+# ---- ShieldGemma 2: an image classifier around a Gemma 3 image-text model -------------------------
+
+
+def _shieldgemma2_model(model: str, load: dict[str, Any]) -> Any:
+    """The Gemma 3 model inside a ShieldGemma 2 checkpoint (``ShieldGemma2ForImageClassification.model``).
+
+    The classifier returns only P(Yes) and P(No) of the next token (``probabilities``: a softmax over the
+    logits of ``yes_token_index`` and ``no_token_index`` at the last position); ECSO needs the whole
+    next-token distribution and generation, which the inner model gives, with the same weights. Its
+    generation settings come from the checkpoint's ``generation_config.json`` where there is one.
+    """
+    classifier = transformers.ShieldGemma2ForImageClassification.from_pretrained(model, **load)
+    inner = classifier.model
+    try:
+        inner.generation_config = transformers.GenerationConfig.from_pretrained(
+            model, local_files_only=bool(load.get("local_files_only"))
+        )
+    except OSError:  # none saved: keep the one derived from the config
+        pass
+    return inner
+
+
+def shieldgemma2_prompt_processor(classifier_processor: Any) -> Any:
+    """A ``Gemma3Processor`` that encodes rendered prompts exactly as ``ShieldGemma2Processor`` encodes its own.
+
+    ``ShieldGemma2Processor.__call__`` ignores ``text``: it renders one prompt per (image, policy) from
+    its policy definitions. This processor has the same tokenizer, image processor, image token count and
+    chat template, and takes any rendered prompt. As ``ShieldGemma2Processor`` does, it lets the tokenizer
+    add its special tokens even though the template already starts with BOS (``add_special_tokens`` is
+    not passed on), so that its ids are the classifier's own (tests/test_judge_families.py proves it).
+    """
+    return ShieldGemma2PromptProcessor(
+        image_processor=classifier_processor.image_processor,
+        tokenizer=classifier_processor.tokenizer,
+        chat_template=classifier_processor.chat_template,
+        image_seq_length=classifier_processor.image_seq_length,
+    )
+
+
+class ShieldGemma2PromptProcessor(transformers.Gemma3Processor):
+    """``Gemma3Processor`` encoding as ``ShieldGemma2Processor`` does (see :func:`shieldgemma2_prompt_processor`)."""
+
+    def __call__(self, images: Any = None, text: Any = None, **kwargs: Any) -> Any:
+        """Encode ``text`` and ``images``; the tokenizer adds its special tokens, as ShieldGemma 2's processor."""
+        kwargs.pop("add_special_tokens", None)
+        return super().__call__(images=images, text=text, **kwargs)
+
+
+# ---- Llama 4: its image processor without torchvision, its forward pass on transformers 5.x ----------
+
+
+def llama4_output_fix(model: Any) -> None:
+    """Let ``Llama4ForConditionalGeneration.forward`` finish on transformers versions where it cannot.
+
+    Some transformers 5.x releases (5.24 among them) build its output with ``outputs.image_outputs`` read
+    from the output of its language model (``Llama4ForCausalLM``), which has no such field: every forward
+    pass that returns a dict raises ``AttributeError``. A forward hook gives the language model's output an
+    empty ``image_outputs`` when it has none; nothing else changes (the image features are merged before
+    the language model runs). Where transformers has it right, the hook does nothing.
+    """
+
+    def add_image_outputs(module: Any, args: Any, output: Any) -> Any:
+        if not isinstance(output, tuple) and not hasattr(output, "image_outputs"):
+            output.image_outputs = None
+        return output
+
+    if not getattr(model.language_model, "_ecso_output_fix", False):
+        model.language_model.register_forward_hook(add_image_outputs)
+        model.language_model._ecso_output_fix = True
+
+
+class _Llama4ImagesKwargs(ImagesKwargs, total=False):
+    max_patches: int
+    resize_to_max_canvas: bool
+
+
+class Llama4ImageProcessorPil(PilBackend):
+    """Llama 4's image processor (``Llama4ImageProcessor``, torchvision only in transformers) on PIL and torch.
+
+    The same steps as the torchvision class: each image is resized without distortion to fit the best
+    canvas of ``size`` tiles (at most ``max_patches`` of them; never upscaled past one tile unless
+    ``resize_to_max_canvas``), padded to the canvas (bottom and right), rescaled and normalised in
+    bfloat16 as the original implementation, split into tiles, and followed by a global tile (the whole
+    image resized to one tile) when there are several. Resizing uses PIL's bilinear filter, which
+    torchvision's antialiased bilinear resize mirrors to within rounding. Saved as ``Llama4ImageProcessor``.
+    """
+
+    resample = PILImageResampling.BILINEAR
+    image_mean = [0.5, 0.5, 0.5]
+    image_std = [0.5, 0.5, 0.5]
+    size = {"height": 336, "width": 336}
+    do_resize = True
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
+    max_patches = 16
+    resize_to_max_canvas = False
+    valid_kwargs = _Llama4ImagesKwargs
+
+    def _preprocess(  # type: ignore[override]
+        self,
+        images: list[Any],
+        size: SizeDict,
+        resample: Any,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: Any,
+        image_std: Any,
+        max_patches: int,
+        resize_to_max_canvas: bool,
+        return_tensors: Any,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        tile_h, tile_w = size.height, size.width
+        if tile_h is None or tile_h != tile_w:
+            raise ValueError("`size` must be square.")
+        canvases = torch.tensor(_llama4_canvases(max_patches, tile_h))
+        pixel_values, aspect_ratios = [], []
+        for image in images:  # channels-first uint8 arrays
+            height, width = image.shape[-2:]
+            # Mixed int / tensor arithmetic as in transformers (its float32 rounding decides the sizes).
+            canvas = _llama4_best_fit((height, width), canvases, resize_to_max_canvas)
+            fit = (
+                canvas
+                if resize_to_max_canvas
+                else (min(max(height, tile_h), canvas[0]), min(max(width, tile_w), canvas[1]))
+            )
+            new_h, new_w = (max(int(side), 1) for side in _llama4_no_distortion((height, width), fit))
+            resized = self.resize(image, SizeDict(height=new_h, width=new_w), resample=resample)
+            canvas = (int(canvas[0]), int(canvas[1]))
+            padded = np.zeros((resized.shape[0], canvas[0], canvas[1]), dtype=resized.dtype)
+            padded[:, : resized.shape[1], : resized.shape[2]] = resized
+            rows, cols = canvas[0] // tile_h, canvas[1] // tile_w
+            tiles = self._rescale_normalize(padded, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+            tiles = (
+                tiles.view(-1, rows, tile_h, cols, tile_w)
+                .permute(1, 3, 0, 2, 4)
+                .reshape(-1, tiles.shape[0], tile_h, tile_w)
+            )
+            if rows * cols > 1:
+                whole = self.resize(image, SizeDict(height=tile_h, width=tile_w), resample=resample)
+                glob = self._rescale_normalize(whole, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+                tiles = torch.cat([tiles, glob[None]])
+            pixel_values.append(tiles)
+            aspect_ratios.append([rows, cols])
+        data = {
+            "pixel_values": torch.cat(pixel_values) if return_tensors else pixel_values,
+            "aspect_ratios": torch.tensor(aspect_ratios),
+        }
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _rescale_normalize(
+        image: Any, do_rescale: bool, rescale_factor: float, do_normalize: bool, mean: Any, std: Any
+    ) -> torch.Tensor:
+        """As ``Llama4ImageProcessor.rescale_and_normalize``: in bfloat16 when both steps run."""
+        pixels = torch.from_numpy(np.ascontiguousarray(image))
+        if do_rescale and do_normalize:
+            pixels = pixels.to(torch.bfloat16) * rescale_factor
+        elif do_rescale:
+            pixels = pixels.float() * rescale_factor
+        if do_normalize:
+            pixels = pixels if pixels.is_floating_point() else pixels.float()
+            mean_t = torch.as_tensor(mean, dtype=pixels.dtype).view(-1, 1, 1)
+            std_t = torch.as_tensor(std, dtype=pixels.dtype).view(-1, 1, 1)
+            pixels = (pixels - mean_t) / std_t
+        return pixels
+
+
+def _llama4_canvases(max_tiles: int, tile: int) -> list[tuple[int, int]]:
+    """The canvases (height, width) of at most ``max_tiles`` square tiles, in transformers' order."""
+    by_ratio: dict[float, list[tuple[int, int]]] = {}
+    for count in range(max_tiles, 0, -1):
+        for factor in sorted(f for f in range(1, count + 1) if count % f == 0):
+            by_ratio.setdefault(factor / (count // factor), []).append((factor, count // factor))
+    return [(h * tile, w * tile) for pairs in by_ratio.values() for h, w in pairs]
+
+
+def _llama4_best_fit(image: tuple[int, int], canvases: torch.Tensor, to_max: bool) -> Any:
+    """The canvas (a tensor ``[height, width]``) transformers' ``get_best_fit`` picks.
+
+    The least (or, ``to_max``, the most) upscaling canvas, else the least downscaling one; ties go to the
+    smallest area.
+    """
+    scale_h, scale_w = canvases[:, 0] / image[0], canvases[:, 1] / image[1]
+    scales = torch.where(scale_h > scale_w, scale_w, scale_h)
+    up = scales[scales >= 1]
+    chosen = (up.max() if to_max else up.min()) if len(up) else scales[scales < 1].max()
+    options = canvases[scales == chosen]
+    return options[torch.argmin(options[:, 0] * options[:, 1])] if len(options) > 1 else options[0]
+
+
+def _llama4_no_distortion(image: tuple[int, int], target: Any) -> tuple[Any, Any]:
+    """The largest size within ``target`` of the image's aspect ratio (``get_max_res_without_distortion``)."""
+    (height, width), (target_h, target_w) = image, target
+    scale_w, scale_h = target_w / width, target_h / height
+    if scale_w < scale_h:
+        return min(math.floor(height * scale_w), target_h), target_w
+    return target_h, min(math.floor(width * scale_h), target_w)
+
+
+def _register_llama4_image_processor_pil() -> None:
+    """Let ``AutoImageProcessor`` load ``Llama4ImageProcessor`` configs as :class:`Llama4ImageProcessorPil`.
+
+    The mapping's own entry for Llama 4 names only the torchvision class; the added one names both, so
+    that transformers finds the PIL backend by the saved ``image_processor_type``.
+    """
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+
+    entry: Any = {"torchvision": "Llama4ImageProcessor", "pil": Llama4ImageProcessorPil}  # typed as a pair there
+    IMAGE_PROCESSOR_MAPPING.register(transformers.Llama4Config, entry, exist_ok=True)

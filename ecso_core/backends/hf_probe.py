@@ -104,7 +104,9 @@ def probe_prefix_reuse(backend: TransformersBackend) -> str | None:
     prompt with both images) are generated, then the check's next-token distribution (batched, and a
     single request: a split verdict) and a few caption tokens are computed with reuse and without.
     The likeliest tokens' log-probabilities must agree within 1e-3 (5e-2 in half precision) and the
-    tokens exactly.
+    tokens exactly. Models with chunked-attention layers (Llama 4) get the sliding-window guard: their
+    caches keep only the last chunk, so prompts longer than one chunk are never reused (proven here on
+    prompts inside it).
     """
     cache = backend._prefix_cache
     if cache is None:
@@ -112,6 +114,11 @@ def probe_prefix_reuse(backend: TransformersBackend) -> str | None:
     text_config = backend.model.config.get_text_config()
     if getattr(text_config, "cross_attention_layers", None):
         return "cross-attention layers cache image states, not prompt positions"
+    chunk = _attention_chunk(text_config)
+    if chunk is not None:
+        # Chunked-attention layers (Llama 4) keep a sliding cache of the last chunk - 1 tokens, and tokens
+        # attend within their chunk: only prompts inside the first chunk are reused, as past a sliding window.
+        backend._window = min(backend._window or chunk - 1, chunk - 1)
     a, b = probe_image(40, 28, 3), probe_image(64, 64, 4)
     answers = _probe_requests([[a], [b]], tokens=2) + _probe_requests([[a, b]], tokens=2)
     checks = _probe_requests([[a], [b]], _CHECK) + _probe_requests([[a, b]], _CHECK)
@@ -150,3 +157,10 @@ def _head_gap(plain: torch.Tensor, reused: torch.Tensor, top: int = 20) -> float
     head = plain.topk(min(top, plain.shape[-1]), dim=-1).indices
     gap = plain.gather(-1, head).clamp_min(1e-30).log() - reused.gather(-1, head).clamp_min(1e-30).log()
     return float(gap.abs().max())
+
+
+def _attention_chunk(text_config: Any) -> int | None:
+    """The attention chunk size of a model with chunked-attention layers (Llama 4), else None."""
+    chunk = getattr(text_config, "attention_chunk_size", None)
+    layer_types = getattr(text_config, "layer_types", None) or ()
+    return int(chunk) if chunk and "chunked_attention" in layer_types else None

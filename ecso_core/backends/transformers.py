@@ -122,17 +122,19 @@ def to_template_messages(
 
 
 def _spellings(words: tuple[str, ...]) -> tuple[str, ...]:
-    """Each word in lower, capitalised and upper case, bare and after a space (as its text reading allows)."""
-    forms = (str.lower, str.capitalize, str.upper)
-    return tuple(dict.fromkeys(f"{lead}{form(w.strip())}" for w in words for lead in ("", " ") for form in forms))
+    """Each spelling bare and after a space (its casings are the profile's to list)."""
+    return tuple(dict.fromkeys(f"{lead}{w.strip()}" for w in words for lead in ("", " ")))
 
 
 def yes_no_token_ids(tokenizer: Any, words: ScoreWords | None = None) -> tuple[list[int], list[int]]:
     """First-token ids of the spellings of "yes" and "no", or of ``words`` (ids shared by both are dropped).
 
-    A spelling counts by the first token it encodes to, when that token reads as the start of the
-    word ("un" for "unsafe" in a tokenizer without the whole word).
+    A spelling counts by the first token it encodes to, when that token is the word or, of two
+    characters or more, its start ("un" for "unsafe" in a tokenizer without the whole word), as
+    :func:`~ecso_core.verdict.score_from_tokens` reads server log-probabilities. Yes/no in any case;
+    a profile's spellings as written.
     """
+    fold = str.lower if words is None else str
     unsafe, safe = (_YES_VARIANTS, _NO_VARIANTS) if words is None else (_spellings(words[0]), _spellings(words[1]))
 
     def first_ids(variants: tuple[str, ...]) -> set[int]:
@@ -140,8 +142,8 @@ def yes_no_token_ids(tokenizer: Any, words: ScoreWords | None = None) -> tuple[l
         for variant in variants:
             encoded = tokenizer.encode(variant, add_special_tokens=False)
             if encoded:
-                piece = tokenizer.decode(encoded[:1]).strip().lower()
-                if piece and variant.strip().lower().startswith(piece):
+                piece, word = fold(tokenizer.decode(encoded[:1]).strip()), fold(variant.strip())
+                if piece and (piece == word or (len(piece) >= 2 and word.startswith(piece))):
                     ids.add(encoded[0])
         return ids
 

@@ -12,7 +12,8 @@ weights never end an answer, and a first run should take seconds.
 
 Variants (``tiny-random:<variant>``): a family name gives its realistic image geometry (LLaVA-1.5: 336 px
 in 14 px patches = 576 image tokens; Gemma 3: 896 px pooled to 256; Qwen2/2.5-VL and GLM-4V: 448 px =
-256; Qwen3-VL: 448 px = 196); ``<family>-small`` gives a handful of image tokens, for fast tests. See
+256; Qwen3-VL: 448 px = 196); ``<family>-small`` gives a handful of image tokens, for fast tests. The
+safety judges (``llama-guard-4``, ``llama-guard-3-vision``, ``shieldgemma-2``) are small only. See
 :data:`TINY_VARIANTS` and docs/models.md.
 """
 
@@ -71,6 +72,10 @@ FAMILIES: dict[str, str] = {
     "idefics3": "idefics:build_idefics3",
     "internvl": "internvl:build_internvl",
     "paligemma": "gemma:build_paligemma",
+    # Safety judges: fine-tuned VLMs whose answers are verdicts ("safe" / "unsafe" + categories, "Yes" / "No").
+    "llama_guard_4": "llama4:build_llama_guard_4",
+    "llama_guard_3_vision": "llama_guard:build_llama_guard_3_vision",
+    "shieldgemma2": "shieldgemma:build_shieldgemma2",
 }
 """Architecture -> ``module:builder`` in this package (imported when first built)."""
 
@@ -104,7 +109,13 @@ TINY_VARIANTS: dict[str, TinySpec] = {
     "idefics3-small": _small("idefics3", 56),
     "internvl-small": _small("internvl", 56),
     "paligemma-small": _small("paligemma", 28),
-}
+    # Safety judges, small only: 14 px patches, 56 px tiles (Llama 4) or images (Gemma 3), mllama-small's geometry.
+    "llama-guard-4": TinySpec("llama_guard_4", image_size=56, patch_size=14, image_tokens=4, text_hidden=64,
+                              text_layers=4, vision_hidden=32),  # four layers: the fourth is Llama 4's NoPE layer
+    "llama-guard-3-vision": TinySpec("llama_guard_3_vision", image_size=28, patch_size=14, image_tokens=5,
+                                     text_hidden=64, vision_hidden=32),  # mllama-small's geometry
+    "shieldgemma-2": _small("shieldgemma2", 56),
+}  # fmt: skip
 
 
 def tiny_cache_dir() -> Path:
@@ -141,8 +152,14 @@ def build_tiny_model(variant: str = "llava", seed: int = 0, cache_dir: Path | No
     try:
         torch.manual_seed(seed)
         processor, model = _builder(spec.arch)(spec)
-        model.generation_config.max_new_tokens = TINY_MAX_NEW_TOKENS  # the model's own default
+        # A classifier around a generative model (ShieldGemma 2) has no generation config: its inner model's
+        # is saved beside it, for the loader (which runs the inner model) to read.
+        own = getattr(model, "generation_config", None)
+        generation = own if own is not None else model.model.generation_config
+        generation.max_new_tokens = TINY_MAX_NEW_TOKENS  # the model's own default
         model.save_pretrained(staging)
+        if own is None:
+            generation.save_pretrained(staging)
         processor.save_pretrained(staging)
         try:
             staging.rename(target)  # atomic: a concurrent builder may have won the race

@@ -16,7 +16,7 @@ from ._text import tokenizer as train_tokenizer
 if TYPE_CHECKING:
     from . import TinySpec
 
-__all__ = ["MLLAMA_CHAT_TEMPLATE", "build_mllama"]
+__all__ = ["MLLAMA_CHAT_TEMPLATE", "MLLAMA_SPECIALS", "build_mllama"]
 
 _QK_SCALE = 8.0
 _GATE = 1.0
@@ -66,13 +66,24 @@ def _finish(model: Any, tokenizer: Any) -> Any:
     return model.eval()
 
 
-def build_mllama(spec: TinySpec) -> tuple[Any, Any]:
+MLLAMA_SPECIALS = [
+    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
+    "<|eot_id|>", "<|python_tag|>",
+]  # fmt: skip
+"""Llama 3's special tokens, in the tiny tokenizer's first ids (``<|image|>`` is appended after the vocabulary)."""
+
+
+def build_mllama(
+    spec: TinySpec, chat_template: str = MLLAMA_CHAT_TEMPLATE, tokenizer: Any | None = None
+) -> tuple[Any, Any]:
     """Llama 3.2 Vision layout: tiled vision encoder, cross-attention layer(s) between self-attention layers.
 
     The text model has ``spec.text_layers + 1`` layers, the cross-attention one at index 1 (layer 0 stays a
     self-attention layer, as in the real model, whose first cross-attention layer is 3). As in the real
     tokenizer, ``<|image|>`` is the last id, equal to ``text_config.vocab_size`` (the embedding has 8 extra rows;
-    the LM head cannot produce it).
+    the LM head cannot produce it). A fine-tuned variant (Llama Guard 3 Vision) passes its own
+    ``chat_template`` and ``tokenizer`` (with :data:`MLLAMA_SPECIALS` and ``<|image|>`` last).
     """
     from transformers import (
         MllamaConfig,
@@ -83,21 +94,17 @@ def build_mllama(spec: TinySpec) -> tuple[Any, Any]:
         MllamaVisionConfig,
     )
 
-    specials = [
-        "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
-        "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
-        "<|eot_id|>", "<|python_tag|>",
-    ]  # fmt: skip
-    tokenizer = train_tokenizer(
-        specials,
-        spec.vocab_size,
-        bos="<|begin_of_text|>",
-        eos="<|eot_id|>",
-        pad="<|finetune_right_pad_id|>",
-        unk=None,
-        extra={"image_token": "<|image|>"},  # not among the trained specials: appended as the last id
-        add_bos=True,
-    )
+    if tokenizer is None:
+        tokenizer = train_tokenizer(
+            MLLAMA_SPECIALS,
+            spec.vocab_size,
+            bos="<|begin_of_text|>",
+            eos="<|eot_id|>",
+            pad="<|finetune_right_pad_id|>",
+            unk=None,
+            extra={"image_token": "<|image|>"},  # not among the trained specials: appended as the last id
+            add_bos=True,
+        )
     ids = tokenizer.convert_tokens_to_ids
     image_token_id = ids("<|image|>")
     assert image_token_id == len(tokenizer) - 1
@@ -105,9 +112,7 @@ def build_mllama(spec: TinySpec) -> tuple[Any, Any]:
     image_processor = MllamaImageProcessorPil(
         size={"height": spec.image_size, "width": spec.image_size}, max_image_tiles=tiles
     )
-    processor = MllamaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=MLLAMA_CHAT_TEMPLATE
-    )
+    processor = MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
     vision_layers = max(spec.vision_layers, 2)
     intermediate = [0, vision_layers - 1]
     config = MllamaConfig(
