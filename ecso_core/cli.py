@@ -273,7 +273,7 @@ def eval_command(
         guard = ECSO(
             _load_model(model, device), settings, judge=_load_model(check_judge, device) if check_judge else None
         )
-        judging = _eval_judge(plan, root, device, judge_max_new_tokens)
+        judging = _eval_judge(plan, root, device, judge_max_new_tokens, settings)
         run_eval(cases, guard, judging, out, concurrency=concurrency)
         meta = {
             "benchmark": plan.benchmark,
@@ -341,8 +341,13 @@ def _missing_kinds(wanted: Optional[tuple[str, ...]], found: set[str]) -> list[s
     return missing
 
 
-def _eval_judge(plan: EvalSettings, root: Optional[Path], device: str, max_new_tokens: int) -> Judge:
-    """The eval judge: refusal keywords, an LLM judge with the official prompts, or a profile (safety) judge."""
+def _eval_judge(
+    plan: EvalSettings, root: Optional[Path], device: str, max_new_tokens: int, settings: ECSOConfig
+) -> Judge:
+    """The eval judge: refusal keywords, an LLM judge with the official prompts, or a profile (safety) judge.
+
+    A profile judge reads its verdicts as the run's config says (threshold, score floor, fallback).
+    """
     from .eval import KeywordJudge, LLMJudge, ProfileJudge
     from .eval.judges import SHIFTDC_REFUSAL_KEYWORDS
 
@@ -353,7 +358,9 @@ def _eval_judge(plan: EvalSettings, root: Optional[Path], device: str, max_new_t
     backend = _load_model(plan.judge, device)
     if plan.judge_kind == "profile":
         params = GenerationParams(max_new_tokens=min(max_new_tokens, ECSOConfig().check_params.max_new_tokens or 16))
-        return ProfileJudge(ECSO(backend, ECSOConfig(judge_profile=plan.judge_profile or "ecso", check_params=params)))
+        reading = settings.model_dump(include={"verdict_threshold", "use_scores", "min_score_mass", "score_fallback"})
+        config = ECSOConfig(judge_profile=plan.judge_profile or "ecso", check_params=params, **reading)
+        return ProfileJudge(ECSO(backend, config))
     return LLMJudge(backend, root or Path("."), prompts=plan.judge_prompts, max_new_tokens=max_new_tokens)
 
 
