@@ -24,6 +24,7 @@ from .types import ChatRequest, GenerationParams, ImagePart, ImageURL, Message, 
 
 if TYPE_CHECKING:
     from .datagen import Format
+    from .eval.datasets import EvalCase
     from .eval.judges import Judge
     from .eval.protocols import EvalSettings
 
@@ -224,9 +225,9 @@ def eval_command(
     image_dir: Annotated[
         Optional[Path], typer.Option(help="Image folder of benchmarks that name COCO images (vlsafe: train2017).")
     ] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Evaluate a seeded random subset of this size.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=0, help="Evaluate a seeded random subset of this size.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the subset and of the bootstrap intervals.")] = 0,
-    concurrency: Annotated[int, typer.Option(help="Requests per batch.")] = 8,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests per batch.")] = 8,
     scenarios: Annotated[
         Optional[str], typer.Option(help="MM-SafetyBench scenarios: all, or e.g. 01,08 (default: the paper's).")
     ] = None,
@@ -248,6 +249,7 @@ def eval_command(
     from .eval import data_dir as find_data
     from .eval import load_cases, resolve, run_eval, select, write_report
     from .eval.protocols import describe
+    from .eval.runner import claim_folder
 
     settings = _bounded(_load_config(config), max_new_tokens, "answer", "caption", "eyes_closed")
     started = time.perf_counter()
@@ -261,19 +263,32 @@ def eval_command(
             judge_profile=judge_profile,
             metric=metric,
         )
+        jsonl = plan.benchmark.startswith("jsonl:")
+        if scenarios is not None and not plan.benchmark.startswith("mm-safetybench"):
+            raise ConfigError(f"--scenarios picks MM-SafetyBench scenarios; {plan.benchmark} has none")
+        if plan.image_kinds == ():
+            raise ConfigError(f"--image-kinds {image_kinds!r} names no image kind")
         settings = _eval_guard_config(settings, plan.guard, check_profile)
         _require_extra("eval", "tqdm", "matplotlib")  # before minutes of model loading, not after
-        root = None if plan.benchmark.startswith("jsonl:") else find_data(data_dir)
+        root = None if jsonl else find_data(data_dir)
         options: dict[str, object] = {"image_dir": image_dir} if image_dir else {}
         if plan.scenarios is not None:
             options["scenarios"] = plan.scenarios
         cases = load_cases(plan.benchmark, root, image_kinds=plan.image_kinds, **options)
         missing = _missing_kinds(plan.image_kinds, {case.image_kind for case in cases})
+        if not cases:
+            raise ConfigError(f"{plan.benchmark} has no cases to evaluate")
         cases = select(cases, limit, seed)
+        if not cases:
+            raise ConfigError("--limit 0 selects no case to evaluate")
+        # the LLM judge's prompts live in the data folder, for a jsonl: benchmark too (else the working folder)
+        prompts = root or (find_data(data_dir) if data_dir else Path("."))
+        _check_judge_prompts(plan, prompts, cases)  # a missing prompt file stops the run before any model loads
+        claim_folder(out, _eval_run(plan, model, check_judge, settings, judge_max_new_tokens))
         guard = ECSO(
             _load_model(model, device), settings, judge=_load_model(check_judge, device) if check_judge else None
         )
-        judging = _eval_judge(plan, root, device, judge_max_new_tokens, settings)
+        judging = _eval_judge(plan, prompts, device, judge_max_new_tokens, settings)
         run_eval(cases, guard, judging, out, concurrency=concurrency)
         meta = {
             "benchmark": plan.benchmark,
@@ -324,6 +339,40 @@ def _eval_guard_config(
     if not update:
         return settings
     return ECSOConfig.model_validate({**settings.model_dump(exclude_unset=True), **update})
+
+
+def _eval_run(
+    plan: EvalSettings, model: str, check_judge: Optional[str], settings: ECSOConfig, judge_max_new_tokens: int
+) -> dict[str, object]:
+    """What an --out folder's records were made with: a rerun with other settings is refused, not mixed in."""
+    benchmark = plan.benchmark
+    if benchmark.startswith("jsonl:"):
+        benchmark = f"jsonl:{Path(benchmark[6:]).absolute()}"
+    return {
+        "benchmark": benchmark,
+        "model": model,
+        "judge": plan.judge,
+        "judge_kind": plan.judge_kind,
+        "judge_profile": plan.judge_profile,
+        "judge_prompts": plan.judge_prompts,
+        "judge_max_new_tokens": judge_max_new_tokens if plan.judge_kind not in ("keyword", "keyword-shiftdc") else None,
+        "protocol": plan.protocol,
+        "check_judge": check_judge,
+        "guard": settings.model_dump(mode="json"),
+    }
+
+
+def _check_judge_prompts(plan: EvalSettings, data: Path, cases: list[EvalCase]) -> None:
+    """Build one LLM-judge prompt for each kind of case now: a missing or broken prompt file stops the run.
+
+    Before any model loads, not after the first batch has been answered.
+    """
+    if plan.judge_kind != "llm":
+        return
+    from .backends.scripted import ScriptedBackend
+    from .eval import LLMJudge
+
+    LLMJudge(ScriptedBackend([]), data, prompts=plan.judge_prompts).check_prompts(cases)
 
 
 def _missing_kinds(wanted: Optional[tuple[str, ...]], found: set[str]) -> list[str]:

@@ -222,6 +222,8 @@ def _read_file(path: Path, limits: ImageLimits) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise ImageError(f"cannot read image file {path}: {exc}") from exc
+    except ValueError as exc:  # an embedded NUL byte: no file can have that name
+        raise ImageError(f"cannot read image file {str(path)!r}: {exc}") from exc
 
 
 def _read_data_url(url: str, limits: ImageLimits) -> bytes:

@@ -7,11 +7,12 @@ Every loader yields :class:`EvalCase` objects. The layout is the one of the publ
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -134,22 +135,26 @@ def load_figstep(root: Path, subset: str = "safebench", **_: Any) -> Iterator[Ev
     folder = root / "figstep"
     images = folder / "images" / ("SafeBench-Tiny" if subset == "tiny" else "SafeBench")
     csv_name = "SafeBench-Tiny.csv" if subset == "tiny" else "safebench.csv"
-    with open(folder / "question" / csv_name, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            name = f"query_{row['dataset']}_{row['category_id']}_{row['task_id']}_6.png"
-            shipped = images / name
-            font = str(folder / "font" / "FreeMonoBold.ttf")
-            yield EvalCase(
-                id=f"figstep-{row['category_id']}-{row['task_id']}",
-                benchmark="figstep",
-                kind="attack",
-                scenario=row["category_name"],
-                image_kind="figstep",
-                query=FIGSTEP_PROMPT,
-                image=shipped if shipped.is_file() else None,
-                render=None if shipped.is_file() else ("figstep", row["instruction"], font),
-                meta={"question": row["question"], "instruction": row["instruction"]},
-            )
+    path = folder / "question" / csv_name
+    font = str(folder / "font" / "FreeMonoBold.ttf")
+    columns = ("dataset", "category_id", "task_id", "category_name", "question", "instruction")
+    for line, row in _csv_rows(path, columns):
+        name = f"query_{row['dataset']}_{row['category_id']}_{row['task_id']}_6.png"
+        shipped = _inside(images, name, f"{path}, line {line}")
+        yield EvalCase(
+            id=f"figstep-{row['category_id']}-{row['task_id']}",
+            benchmark="figstep",
+            kind="attack",
+            scenario=row["category_name"],
+            image_kind="figstep",
+            query=FIGSTEP_PROMPT,
+            image=shipped if shipped.is_file() else None,
+            render=None if shipped.is_file() else ("figstep", row["instruction"], font),
+            meta={"question": row["question"], "instruction": row["instruction"]},
+        )
+
+
+_MMSB_FIELDS = ("Question", "Key Phrase", "Rephrased Question", "Rephrased Question(SD)")
 
 
 def load_mm_safetybench(
@@ -159,29 +164,36 @@ def load_mm_safetybench(
     folder = root / "mm-safetybench"
     sampled: dict[str, set[int]] = {}
     if tiny:
-        for entry in json.loads((folder / "TinyVersion_ID_List.json").read_text()):
-            sampled[entry["Scenario"]] = set(entry["Sampled_ID_List"])
+        sampled = _mmsb_tiny_list(folder / "TinyVersion_ID_List.json")
     font = str(folder / "font" / "LiberationSans-Regular.ttf")
     wanted = {code[:2] for code in scenarios}
     for path in sorted((folder / "processed_questions").glob("*.json")):
         scenario = path.stem
         if wanted and scenario[:2] not in wanted:
             continue
-        for key, item in json.loads(path.read_text()).items():
+        for key, item in _json_object(path).items():
+            if not re.fullmatch(r"\d+", key):
+                raise ConfigError(f"{path}: question id {key[:100]!r} is not a number")
             if tiny and int(key) not in sampled.get(scenario, set()):
                 continue
-            base = {"question": item["Question"], "key_phrase": item["Key Phrase"]}
+            where = f"{path}, question {key}"
+            entry = _object(item, where)
+            fields = {name: _text(entry, name, where) for name in _MMSB_FIELDS}
+            base = {"question": fields["Question"], "key_phrase": fields["Key Phrase"]}
             yield EvalCase(
                 id=f"mmsb-{scenario}-{key}-TYPO",
                 benchmark="mm-safetybench",
                 kind="attack",
                 scenario=scenario,
                 image_kind="TYPO",
-                query=item["Rephrased Question"],
-                render=("typo", item["Key Phrase"], font),
+                query=fields["Rephrased Question"],
+                render=("typo", fields["Key Phrase"], font),
                 meta=base,
             )
-            for kind, question in (("SD", item["Rephrased Question(SD)"]), ("SD_TYPO", item["Rephrased Question"])):
+            for kind, question in (
+                ("SD", fields["Rephrased Question(SD)"]),
+                ("SD_TYPO", fields["Rephrased Question"]),
+            ):
                 image = folder / "imgs" / scenario / kind / f"{key}.jpg"
                 if image.is_file():
                     yield EvalCase(
@@ -196,6 +208,23 @@ def load_mm_safetybench(
                     )
 
 
+def _mmsb_tiny_list(path: Path) -> dict[str, set[int]]:
+    """``TinyVersion_ID_List.json``: ``[{"Scenario": name, "Sampled_ID_List": [ids]}, ...]``."""
+    entries = _json_file(path)
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: expected a JSON list of scenarios, got {_kind_of(entries)}")
+    sampled: dict[str, set[int]] = {}
+    for number, entry in enumerate(entries):
+        where = f"{path}, entry {number}"
+        entry = _object(entry, where)
+        scenario = _text(entry, "Scenario", where)
+        ids = entry.get("Sampled_ID_List")
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise ConfigError(f"{where}: 'Sampled_ID_List' must be a list of whole numbers")
+        sampled.setdefault(scenario, set()).update(ids)
+    return sampled
+
+
 def load_vlsafe(root: Path, image_dir: Path | None = None, **_: Any) -> Iterator[EvalCase]:
     """VLSafe's test split (``vlsafe/harmlessness_examine.jsonl`` of DRESS's release, YangyiYY/LVLM_NLF).
 
@@ -203,24 +232,33 @@ def load_vlsafe(root: Path, image_dir: Path | None = None, **_: Any) -> Iterator
     train2017 files named by ``image_id``, under ``image_dir`` (default ``vlsafe/images``).
 
     Raises:
-        ConfigError: the image folder is missing, or images named by the file are not in it.
+        ConfigError: the file is malformed, the image folder is missing, or images named by the file are not
+            in it (or lie outside it).
 
     """
     folder = root / "vlsafe"
     images = Path(image_dir) if image_dir else folder / "images"
-    rows = _jsonl_rows(folder / "harmlessness_examine.jsonl")
+    path = folder / "harmlessness_examine.jsonl"
+    rows = []
+    for line, row in _jsonl_rows(path):
+        where = f"{path}, line {line}"
+        image = _inside(images, _text(row, "image_id", where), where)
+        caption = row.get("caption", "")
+        if not isinstance(caption, str):
+            raise ConfigError(f"{where}: 'caption' must be a string, got {_kind_of(caption)}")
+        rows.append((image, row["image_id"], _text(row, "query", where), caption))
     if not images.is_dir():
         raise ConfigError(f"vlsafe: image folder {images} not found (COCO train2017 images; pass --image-dir)")
-    _require_images("vlsafe", images, [images / row["image_id"] for row in rows])
-    for number, row in enumerate(rows):
+    _require_images("vlsafe", images, [image for image, *_ in rows])
+    for number, (image, image_id, query, caption) in enumerate(rows):
         yield EvalCase(
             id=f"vlsafe-{number:04d}",
             benchmark="vlsafe",
             kind="attack",
             image_kind="photo",
-            query=row["query"],
-            image=images / row["image_id"],
-            meta={"image_id": row["image_id"], "caption": row.get("caption", "")},
+            query=query,
+            image=image,
+            meta={"image_id": image_id, "caption": caption},
         )
 
 
@@ -233,16 +271,29 @@ def load_mossbench(root: Path, contrast: bool = False, **_: Any) -> Iterator[Eva
     type; the contrast set holds harmful questions on the same kind of images (an attack benchmark).
 
     Raises:
-        ConfigError: images named by the file are missing (any of .png/.jpg/.webp is accepted).
+        ConfigError: the file is malformed, or images named by the file are missing (any of .png/.jpg/.webp is
+            accepted) or lie outside the release's folder.
 
     """
     name = "mossbench-contrast" if contrast else "mossbench"
     folder = root / name
-    info = json.loads((folder / "images_information" / "information.json").read_text(encoding="utf-8"))
-    paths = {pid: _any_suffix(folder / item["image"]) for pid, item in info.items()}
-    _require_images(name, folder, list(paths.values()))
-    for pid, item in sorted(info.items(), key=lambda entry: (len(entry[0]), entry[0])):
-        metadata = item.get("metadata", {})
+    path = folder / "images_information" / "information.json"
+    info = _json_object(path)
+    items: dict[str, tuple[dict[str, Any], dict[str, Any], Path]] = {}
+    for pid, item in info.items():
+        where = f"{path}, entry {pid[:100]!r}"
+        item = _object(item, where)
+        metadata = _object(item.get("metadata", {}), f"{where}, 'metadata'")
+        _text(item, "question", where)
+        own = item.get("pid", pid)
+        if not isinstance(own, str | int) or isinstance(own, bool):
+            raise ConfigError(f"{where}: 'pid' must be a string or a number, got {_kind_of(own)}")
+        description = item.get("short description", "")
+        if not isinstance(description, str):
+            raise ConfigError(f"{where}: 'short description' must be a string, got {_kind_of(description)}")
+        items[pid] = (item, metadata, _any_suffix(_inside(folder, _text(item, "image", where), where)))
+    _require_images(name, folder, [image for *_, image in items.values()])
+    for pid, (item, metadata, image) in sorted(items.items(), key=lambda entry: (len(entry[0]), entry[0])):
         over = str(metadata.get("over", ""))
         number = re.search(r"\d+", over)
         harm = metadata.get("harm", [])
@@ -253,7 +304,7 @@ def load_mossbench(root: Path, contrast: bool = False, **_: Any) -> Iterator[Eva
             scenario=MOSSBENCH_TYPES.get(number.group(0), over) if number else (over or "all"),
             image_kind="photo",
             query=item["question"],
-            image=paths[pid],
+            image=image,
             meta={
                 "pid": str(item.get("pid", pid)),
                 "over": over,
@@ -264,18 +315,17 @@ def load_mossbench(root: Path, contrast: bool = False, **_: Any) -> Iterator[Eva
         )
 
 
-def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
 def _any_suffix(path: Path) -> Path:
     """``path``, or the same name with another image suffix when only that one exists (releases differ)."""
     if path.is_file():
         return path
     for suffix in _IMAGE_SUFFIXES:
-        if path.with_suffix(suffix).is_file():
-            return path.with_suffix(suffix)
+        try:
+            other = path.with_suffix(suffix)
+        except ValueError:  # a name with no stem ("images/.png")
+            return path
+        if other.is_file():
+            return other
     return path
 
 
@@ -288,54 +338,208 @@ def _require_images(benchmark: str, folder: Path, paths: list[Path]) -> None:
 
 def load_xstest(root: Path, **_: Any) -> Iterator[EvalCase]:
     """XSTest: text-only prompts, safe (over-refusal) and unsafe (contrast) ones."""
-    with open(root / "xstest" / "xstest_prompts.csv", newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            yield EvalCase(
-                id=f"xstest-{row['id']}",
-                benchmark="xstest",
-                kind="over_refusal",
-                scenario=row["type"],
-                query=row["prompt"],
-                meta={"label": row["label"]},
-            )
+    path = root / "xstest" / "xstest_prompts.csv"
+    for _line, row in _csv_rows(path, ("id", "prompt", "type", "label")):
+        yield EvalCase(
+            id=f"xstest-{row['id']}",
+            benchmark="xstest",
+            kind="over_refusal",
+            scenario=row["type"],
+            query=row["prompt"],
+            meta={"label": row["label"]},
+        )
 
 
 def load_mm_vet(root: Path, **_: Any) -> Iterator[EvalCase]:
     """MM-Vet: utility questions with ground-truth answers."""
     folder = root / "mm-vet"
-    for key, item in json.loads((folder / "mm-vet.json").read_text()).items():
+    path = folder / "mm-vet.json"
+    for key, item in _json_object(path).items():
+        where = f"{path}, entry {key[:100]!r}"
+        item = _object(item, where)
+        capability = item.get("capability")
+        if isinstance(capability, str):
+            scenario = capability
+        elif isinstance(capability, list) and capability and all(isinstance(c, str) for c in capability):
+            scenario = "+".join(capability)
+        else:
+            raise ConfigError(f"{where}: 'capability' must be a string or a list of strings")
+        answer = item.get("answer")
+        if not isinstance(answer, str | int | float) or isinstance(answer, bool):
+            raise ConfigError(f"{where}: 'answer' must be a string, got {_kind_of(answer)}")
         yield EvalCase(
             id=f"mmvet-{key}",
             benchmark="mm-vet",
             kind="utility",
-            scenario="+".join(item["capability"]),
+            scenario=scenario,
             image_kind="photo",
-            query=item["question"],
-            image=folder / "images" / item["imagename"],
-            meta={"answer": item["answer"]},
+            query=_text(item, "question", where),
+            image=_inside(folder / "images", _text(item, "imagename", where), where),
+            meta={"answer": answer},
         )
 
 
+_KINDS: tuple[str, ...] = ("attack", "over_refusal", "utility")
+_URL = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|data:)", re.ASCII | re.IGNORECASE)
+
+
 def load_jsonl(path: Path, **_: Any) -> Iterator[EvalCase]:
-    """Generic JSONL: one ``{"image": path, "query": text, "meta": {...}}`` per line (``id``, ``scenario`` optional)."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle):
-            if not line.strip():
-                continue
-            item = json.loads(line)
-            image = item.get("image")
-            if image and not Path(image).is_absolute():
-                image = path.parent / image
-            yield EvalCase(
-                id=str(item.get("id", f"jsonl-{number}")),
-                benchmark="jsonl",
-                kind=item.get("kind", "attack"),
-                scenario=item.get("scenario", "all"),
-                image_kind="photo" if image else "none",
-                query=item["query"],
-                image=image,
-                meta=item.get("meta", {}),
-            )
+    """Generic JSONL: one ``{"image": path, "query": text, "meta": {...}}`` per line (``id``, ``scenario`` optional).
+
+    A relative image path is read from the file's folder; an absolute one as given. URLs are refused.
+
+    Raises:
+        ConfigError: the file is missing or malformed (the message names the line).
+
+    """
+    for line, item in _jsonl_rows(path):
+        where = f"{path}, line {line}"
+        query = _text(item, "query", where)
+        name = item.get("image")
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"{where}: 'image' must be a path (a string), got {_kind_of(name)}")
+        if name and _URL.match(name):
+            raise ConfigError(f"{where}: 'image' must be a file path, not a URL ({name[:100]!r})")
+        image = (path.parent / name if not Path(name).is_absolute() else Path(name)) if name else None
+        kind = item.get("kind", "attack")
+        if kind not in _KINDS:
+            raise ConfigError(f"{where}: 'kind' must be one of {', '.join(_KINDS)}, got {str(kind)[:100]!r}")
+        scenario = item.get("scenario", "all")
+        if not isinstance(scenario, str):
+            raise ConfigError(f"{where}: 'scenario' must be a string, got {_kind_of(scenario)}")
+        meta = _object(item.get("meta", {}), f"{where}, 'meta'")
+        case_id = item.get("id", f"jsonl-{line - 1}")
+        if not isinstance(case_id, str | int) or isinstance(case_id, bool):
+            raise ConfigError(f"{where}: 'id' must be a string or a whole number, got {_kind_of(case_id)}")
+        yield EvalCase(
+            id=str(case_id),
+            benchmark="jsonl",
+            kind=kind,
+            scenario=scenario,
+            image_kind="photo" if image else "none",
+            query=query,
+            image=image,
+            meta=meta,
+        )
+
+
+# ---- reading third-party files: every defect is a ConfigError naming the file (and line) ---------------------
+
+
+def _kind_of(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, int | float) else type(value).__name__)
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file", str(path))  # load_cases names the benchmark
+    if not path.is_file():
+        raise ConfigError(f"data file {path} is not a file")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read data file {path}: {exc.strerror or exc}") from exc
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        text = _read_bytes(path).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    if not text.strip():
+        raise ConfigError(f"{path}: the file is empty (expected JSON)")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        detail = f"line {exc.lineno}, column {exc.colno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ConfigError(f"{path}: not valid JSON ({detail or 'nested too deeply'})") from exc
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    data = _json_file(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {_kind_of(data)}")
+    return data
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number from 1, object)`` for every non-blank line; all rows are checked before the first is given."""
+    rows = []
+    for number, raw in enumerate(_read_bytes(path).split(b"\n"), start=1):
+        where = f"{path}, line {number}"
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raise ConfigError(f"{where}: the file starts with a UTF-8 byte order mark; save it as plain UTF-8")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{where}: not UTF-8 text (byte {exc.start})") from exc
+        if not text.strip():
+            continue
+        try:
+            item = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            detail = f"column {exc.colno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            raise ConfigError(f"{where}: not valid JSON ({detail})") from exc
+        rows.append((number, _object(item, where)))
+    return iter(rows)
+
+
+def _csv_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line number, row)`` of a CSV file with (at least) ``columns``; every row is checked first."""
+    data = _read_bytes(path)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        header = reader.fieldnames or []
+        missing = [column for column in columns if column not in header]
+        if missing:
+            raise ConfigError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(header) or 'none'})")
+        for row in reader:
+            short = [column for column in columns if not isinstance(row.get(column), str)]
+            if short:
+                raise ConfigError(f"{path}, line {reader.line_num}: no value for {', '.join(short)}")
+            rows.append((reader.line_num, row))
+    except csv.Error as exc:
+        raise ConfigError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from exc
+    return iter(rows)
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {_kind_of(value)}")
+    return value
+
+
+def _text(item: dict[str, Any], key: str, where: str) -> str:
+    if key not in item:
+        raise ConfigError(f"{where}: missing {key!r}")
+    value = item[key]
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key!r} must be a string, got {_kind_of(value)}")
+    return value
+
+
+def _inside(folder: Path, name: str, where: str) -> Path:
+    """``folder / name`` for a relative ``name`` that stays inside ``folder`` (checked lexically).
+
+    Symlinks are not resolved: releases often link their image folders (COCO) elsewhere, which is fine; what a
+    downloaded file may not do is name an absolute path, a ``..`` step or a URL.
+    """
+    if not name.strip() or "\x00" in name:
+        raise ConfigError(f"{where}: empty or invalid image name {name[:100]!r}")
+    if _URL.match(name):
+        raise ConfigError(f"{where}: image {name[:100]!r} is a URL; a release's images must be files in its folder")
+    windows = PureWindowsPath(name)
+    if PurePosixPath(name).is_absolute() or windows.drive or windows.root:
+        raise ConfigError(f"{where}: image {name[:100]!r} is an absolute path; it must be relative to {folder}")
+    if ".." in windows.parts:  # splits on / and \ alike
+        raise ConfigError(f"{where}: image {name[:100]!r} leads out of {folder}")
+    return folder / name
 
 
 BENCHMARKS: dict[str, Callable[..., Iterator[EvalCase]]] = {
@@ -367,15 +571,45 @@ def load_cases(
 
     """
     if benchmark.startswith("jsonl:"):
-        cases = list(load_jsonl(Path(benchmark[6:])))
+        path = Path(benchmark[6:])
+        source = str(path)
+        try:
+            cases = list(load_jsonl(path))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"jsonl benchmark file {exc.filename} not found") from exc
     elif benchmark not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {benchmark!r}; known: {sorted(BENCHMARKS)} or jsonl:<file>")
     else:
+        if root is None:
+            root = data_dir(None)
+        source = f"{benchmark} under {root}"
         try:
             cases = list(BENCHMARKS[benchmark](root, **options))
         except FileNotFoundError as exc:
             raise ConfigError(f"{benchmark}: missing data file {exc.filename}") from exc
+        except OSError as exc:
+            raise ConfigError(f"{benchmark}: cannot read {exc.filename or 'its data'}: {exc.strerror or exc}") from exc
+    _refuse_duplicates(cases, source)
     if image_kinds is not None:
         kinds = set(image_kinds)
         cases = [case for case in cases if case.image_kind in kinds]
+    _require_fonts(benchmark, cases)
     return cases
+
+
+def _refuse_duplicates(cases: list[EvalCase], source: str) -> None:
+    """Resume skips cases by id, so two cases under one id would let one stand in for the other."""
+    seen: set[str] = set()
+    for case in cases:
+        if case.id in seen:
+            raise ConfigError(f"{source}: case id {case.id[:100]!r} appears more than once; ids must be unique")
+        seen.add(case.id)
+
+
+def _require_fonts(benchmark: str, cases: list[EvalCase]) -> None:
+    """Typographic images are drawn from the release's font: without it, say so before any model loads."""
+    for font in sorted({case.render[2] for case in cases if case.render is not None}):
+        if not Path(font).is_file():
+            raise ConfigError(
+                f"{benchmark}: font {font} not found; its typographic images are drawn with it (see docs/eval.md)"
+            )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -262,33 +263,57 @@ class LLMJudge:
         replies = self.backend.generate(requests)
         return [self._parse(case, answer, reply.text) for (case, answer), reply in zip(items, replies, strict=True)]
 
+    def check_prompts(self, cases: Sequence[EvalCase]) -> None:
+        """Read and check the prompt files these cases need, before any model is loaded or called.
+
+        Raises:
+            ConfigError: see :meth:`_request`.
+
+        """
+        seen: set[tuple[str, str, str]] = set()
+        for case in cases:
+            group = (case.benchmark, case.kind, case.scenario)
+            if group not in seen:
+                seen.add(group)
+                self._request(case, "")
+
     def _request(self, case: EvalCase, answer: str) -> ChatRequest:
+        """The judge's request about one answer; every template is checked before it is filled in.
+
+        Raises:
+            ConfigError: a judge prompt file that is missing, not JSON, lacks a key, or holds a template
+                with a placeholder other than the ones it is filled with.
+
+        """
         system = None
         image = None
         if case.benchmark == "mm-safetybench" and self.prompts == "ecso-official":
-            spec = self._ecso_row(_ECSO_MMSB_ROWS.get(case.scenario[:2], "query_safety"))
+            spec = self._ecso_row(_ECSO_MMSB_ROWS.get(case.scenario[:2], "query_safety"), ("answer",))
             system = spec.get("system_prompt")
             prompt = spec["prompt_template"].format(answer=answer)
         elif case.benchmark == "mm-safetybench":
-            spec = self._load("mm-safetybench/judges.json")
-            name = spec["scenario_to_template"].get(case.scenario, spec["scenario_to_template"]["*"])
-            prompt = spec["templates"][name].format(prediction=answer)
+            prompt = self._mmsb_template(case.scenario).format(prediction=answer)
         elif case.kind == "attack":
-            spec = self._ecso_row("llm_binary_strict")
+            spec = self._ecso_row("llm_binary_strict", ("question", "answer"))
             system = spec.get("system_prompt")
             question = case.meta.get("question") or case.query
             prompt = spec["prompt_template"].format(question=question, answer=answer)
         elif case.benchmark == "mossbench":
-            prompt = self._load("mossbench/judges.json")["eval"].format(question=case.query, response=answer)
+            relative = "mossbench/judges.json"
+            template = _template(self._load(relative), "eval", ("question", "response"), self.data / relative)
+            prompt = template.format(question=case.query, response=answer)
             image = case.picture()
         elif case.kind == "over_refusal":
-            spec = self._load("xstest/judges.json")["gpt_classifier"]
-            system = spec.get("system")
-            prompt = spec["user_template"].format(QUESTION=case.query, RESPONSE=answer)
+            relative = "xstest/judges.json"
+            spec = _section(self._load(relative), "gpt_classifier", self.data / relative)
+            system = _optional_text(spec, "system", self.data / relative)
+            template = _template(spec, "user_template", ("QUESTION", "RESPONSE"), self.data / relative)
+            prompt = template.format(QUESTION=case.query, RESPONSE=answer)
         else:
-            spec = self._load("mm-vet/judges.json")
+            relative = "mm-vet/judges.json"
+            few_shot = _template(self._load(relative), "few_shot_prompt", None, self.data / relative)
             gold = str(case.meta.get("answer", "")).replace("<AND>", " <AND> ").replace("<OR>", " <OR> ")
-            prompt = spec["few_shot_prompt"] + "\n" + " | ".join([case.query, gold, answer, ""])
+            prompt = few_shot + "\n" + " | ".join([case.query, gold, answer, ""])
         content: Any = prompt if image is None else (ImagePart(image=image), TextPart(text=prompt))
         messages = [Message(role="system", content=system)] if system else []
         messages.append(Message(role="user", content=content))
@@ -329,19 +354,54 @@ class LLMJudge:
             return Judgement(label="unparsed", raw=reply)
         return Judgement(label="scored", score=score_value, raw=reply)
 
-    def _ecso_row(self, name: str) -> dict[str, Any]:
-        if name not in self._prompts:
+    def _ecso_row(self, name: str, fields: tuple[str, ...]) -> dict[str, Any]:
+        """The row ``name`` of ECSO's GPT-4 table, its template checked against ``fields``."""
+        key = f"ecso-official:{name}"
+        if key not in self._prompts:
             path = self.data / "ecso-official" / "vlsafe_judge.jsonl"
-            rows = [json.loads(line) for line in _read(path).splitlines() if line.strip()]
+            rows = []
+            for number, line in enumerate(_read(path).split("\n"), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise ConfigError(f"{path}, line {number}: not JSON ({exc})") from exc
+                if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+                    raise ConfigError(f"{path}, line {number}: a judge prompt row needs a string 'name'")
+                rows.append(row)
             row = next((r for r in rows if r["name"] == name), None)
             if row is None:
                 raise ConfigError(f"{path} has no judge prompt named {name!r}")
-            self._prompts[name] = row
-        return self._prompts[name]
+            _template(row, "prompt_template", fields, path, f"row {name!r}")
+            _optional_text(row, "system_prompt", path, f"row {name!r}")
+            self._prompts[key] = row
+        return self._prompts[key]
+
+    def _mmsb_template(self, scenario: str) -> str:
+        """MM-SafetyBench's template for ``scenario`` (its own, else the ``*`` one), checked."""
+        relative = "mm-safetybench/judges.json"
+        path = self.data / relative
+        spec = self._load(relative)
+        mapping = _section(spec, "scenario_to_template", path)
+        templates = _section(spec, "templates", path)
+        name = mapping.get(scenario, mapping.get("*"))
+        if name is None:
+            raise ConfigError(f"{path}: 'scenario_to_template' maps neither {scenario!r} nor '*' to a template")
+        if not isinstance(name, str) or name not in templates:
+            raise ConfigError(f"{path}: 'scenario_to_template' names {name!r}, which is not in 'templates'")
+        return _template(templates, name, ("prediction",), path, "templates")
 
     def _load(self, relative: str) -> dict[str, Any]:
         if relative not in self._prompts:
-            self._prompts[relative] = json.loads(_read(self.data / relative))
+            path = self.data / relative
+            try:
+                loaded = json.loads(_read(path))
+            except ValueError as exc:
+                raise ConfigError(f"{path}: not JSON ({exc})") from exc
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{path}: the judge prompts must be a JSON object, not {type(loaded).__name__}")
+            self._prompts[relative] = loaded
         return self._prompts[relative]
 
 
@@ -380,6 +440,68 @@ class ProfileJudge:
                 label = "unsafe" if verdict.unsafe else "safe"
                 out[index] = Judgement(label=label, unsafe=verdict.unsafe, raw=verdict.raw, categories=categories)
         return out
+
+
+def _section(spec: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    """``spec[key]``, which must be a JSON object."""
+    value = spec.get(key)
+    if not isinstance(value, dict):
+        problem = "is missing" if value is None else "must be a JSON object"
+        raise ConfigError(f"{path}: the key {key!r} {problem}")
+    return value
+
+
+def _optional_text(spec: dict[str, Any], key: str, path: Path, where: str = "") -> str | None:
+    """``spec[key]`` when it is a string, None when it is absent or null."""
+    value = spec.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{path}{', ' + where if where else ''}: {key!r} must be a string")
+    return value
+
+
+def _template(spec: dict[str, Any], key: str, fields: tuple[str, ...] | None, path: Path, where: str = "") -> str:
+    """``spec[key]``: a prompt template whose placeholders are exactly named ``fields`` (None: used verbatim).
+
+    Checked with :class:`string.Formatter` before any model is called, so a broken prompt file stops the run
+    with a :class:`ConfigError` naming the file, not with a KeyError or IndexError in the middle of it.
+    Every field the template is filled with must appear (a template without the answer judges nothing).
+    """
+    place = f"{path}{', ' + where if where else ''}"
+    template = spec.get(key)
+    if not isinstance(template, str):
+        problem = "is missing" if template is None else "must be a string"
+        raise ConfigError(f"{place}: the prompt template {key!r} {problem}")
+    if fields is None:
+        return template
+    allowed = ", ".join("{" + f + "}" for f in fields)
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"{place}: the prompt template {key!r} is malformed ({exc}; write {{{{ for a brace)") from exc
+    used = set()
+    for _, field, spec_text, _conversion in parsed:
+        if field is None:
+            continue
+        if field == "" or field.isdigit():
+            raise ConfigError(
+                f"{place}: the prompt template {key!r} has a positional placeholder {{{field}}}; "
+                f"use named ones ({allowed})"
+            )
+        if field not in fields:
+            raise ConfigError(
+                f"{place}: the prompt template {key!r} has an unknown placeholder {{{field}}}; "
+                f"it is filled with {allowed} only (write {{{{ and }}}} for literal braces)"
+            )
+        if spec_text and "{" in spec_text:
+            raise ConfigError(f"{place}: the prompt template {key!r} nests a placeholder in {{{field}:{spec_text}}}")
+        used.add(field)
+    missing = [f for f in fields if f not in used]
+    if missing:
+        raise ConfigError(
+            f"{place}: the prompt template {key!r} lacks the placeholder(s) "
+            + ", ".join("{" + f + "}" for f in missing)
+        )
+    return template
 
 
 def _read(path: Path) -> str:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..errors import ImageError
+from ..types import ImageLimits
+
 __all__ = ["render_figstep", "render_mm_safetybench_typo"]
 
 
@@ -29,10 +32,20 @@ def render_mm_safetybench_typo(key_phrase: str, font_path: Path, width: int = 10
     """MM-SafetyBench's TYPO image: the key phrase in Liberation Sans 90 pt, 1024 px wide.
 
     Words are wrapped greedily to fit the width; the height is 90 x (lines + 1); text starts at (0, 45).
+
+    Raises:
+        ImageError: the canvas would exceed ``ImageLimits().max_pixels`` (a key phrase far too long).
+
     """
     font = ImageFont.truetype(str(font_path), size)
     lines = _greedy_wrap(key_phrase, font, width)
-    image = Image.new("RGB", (width, size * (len(lines) + 1)), "#FFFFFF")
+    height = size * (len(lines) + 1)
+    limit = ImageLimits().max_pixels
+    if width * height > limit:
+        raise ImageError(
+            f"the key phrase wraps to {len(lines)} lines: a {width}x{height} canvas exceeds the limit of {limit} pixels"
+        )
+    image = Image.new("RGB", (width, height), "#FFFFFF")
     ImageDraw.Draw(image).text((0, size // 2), "\n".join(lines), font=font, fill="#000000")
     return image
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import html
 import json
+import unicodedata
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,21 @@ _METRIC_TITLES = {
     "harmless_rate": ("Harmless rate", "higher"),
     "refusal_rate": ("Attack success rate", "lower"),  # attack cases of an over-refusal run
 }
+
+
+_PLOT_LABEL_CHARS = 60
+"""Longest category name a plot prints (matplotlib lays text out at ~0.2 ms a character)."""
+_TABLE_LABEL_CHARS = 200
+"""Longest data text a report table or heading prints (``summary.json`` keeps it whole)."""
+
+
+def _prompts_label(record: dict[str, Any]) -> str:
+    """The over-refusal prompt group of a record: ``meta.label`` as text (it may be any JSON value)."""
+    meta = record.get("meta")
+    label = meta.get("label") if isinstance(meta, dict) else None
+    if label is None:
+        return "all"
+    return label if isinstance(label, str) else json.dumps(label, sort_keys=True, ensure_ascii=False)
 
 
 def _rate(flags: list[bool]) -> float | None:
@@ -73,7 +90,7 @@ def summarize(records: list[dict[str, Any]], *, metric: str = "attack_success_ra
     if refusals:
         by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for record in refusals:
-            by_label[record["meta"].get("label", "all")].append(record)
+            by_label[_prompts_label(record)].append(record)
         summary["over_refusal"] = [
             {
                 "prompts": label,
@@ -183,7 +200,7 @@ def _attack_tables(attacks: list[dict[str, Any]], metric: str, seed: int) -> lis
 def _refusal_tables(refusals: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
     by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in refusals:
-        by_label[record["meta"].get("label", "all")].append(record)
+        by_label[_prompts_label(record)].append(record)
     tables = []
     for label, members in sorted(by_label.items()):
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -219,11 +236,17 @@ def write_report(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
 
     """
     records = []
-    for line in (out / "records.jsonl").read_text(encoding="utf-8").splitlines():
+    # "\n" only: str.splitlines() also breaks at U+2028, U+0085 and friends, which json.dumps(ensure_ascii=False)
+    # leaves inside a model answer; a record split there would be dropped as two torn halves.
+    for line in (out / "records.jsonl").read_text(encoding="utf-8").split("\n"):
+        if not line.strip():
+            continue
         try:
-            records.append(json.loads(line))
+            item = json.loads(line)
         except ValueError:  # a line torn by a crash: its case is redone on resume, not counted here
             continue
+        if isinstance(item, dict):
+            records.append(item)
     metric = str(meta.get("metric") or "attack_success_rate")
     summary = {**meta, **summarize(records, metric=metric, seed=int(meta.get("seed") or 0))}
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
@@ -292,21 +315,27 @@ def _ci(interval: list[float] | None) -> str:
     return "n/a" if not interval else f"{100 * interval[0]:.1f}-{100 * interval[1]:.1f}%"
 
 
-def _header(summary: dict[str, Any]) -> list[str]:
-    """The report's opening lines: judge, counts, protocol and what it mirrors, tiny-random's caveat."""
+def _header(summary: dict[str, Any], markdown: bool = False) -> list[str]:
+    """The report's opening lines: judge, counts, protocol and what it mirrors, tiny-random's caveat.
+
+    ``markdown``: the values that come from the run's data or flags are escaped for Markdown (the HTML
+    page escapes whole lines).
+    """
+    text: Callable[[Any], str] = _md if markdown else str
+    code: Callable[[Any], str] = _code if markdown else str
     lines = [
-        f"Judge: `{summary.get('judge')}` · cases: {summary['cases']} · errors: {summary['errors']} · "
+        f"Judge: `{code(summary.get('judge'))}` · cases: {summary['cases']} · errors: {summary['errors']} · "
         f"unparsed judgements: {summary['unparsed_judgements']} · metric: {summary.get('metric')}"
     ]
     protocol = summary.get("protocol")
     if isinstance(protocol, dict) and protocol.get("protocol"):
         overridden = ", ".join(protocol.get("overridden", ())) or "nothing"
-        lines.append(f"Protocol: `{protocol['protocol']}` (overridden by flags: {overridden})")
-        lines += [f"Mirrors: {t['table']}, {t['citation']}" for t in protocol.get("mirrors", [])]
-        lines.append(f"Reproduces: {protocol.get('reproduces')}")
-        lines.append(f"Differs: {protocol.get('differs')}")
+        lines.append(f"Protocol: `{code(protocol['protocol'])}` (overridden by flags: {text(overridden)})")
+        lines += [f"Mirrors: {text(t['table'])}, {text(t['citation'])}" for t in protocol.get("mirrors", [])]
+        lines.append(f"Reproduces: {text(protocol.get('reproduces'))}")
+        lines.append(f"Differs: {text(protocol.get('differs'))}")
     if summary.get("missing_image_kinds"):
-        missing = ", ".join(summary["missing_image_kinds"])
+        missing = text(", ".join(str(kind) for kind in summary["missing_image_kinds"]))
         lines.append(f"Missing image kinds: {missing} (not in the data: those rows are left out)")
     if str(summary.get("model", "")).startswith("tiny-random"):
         lines.append("tiny-random has random weights: these numbers test the plumbing, never safety.")
@@ -314,15 +343,45 @@ def _header(summary: dict[str, Any]) -> list[str]:
 
 
 def _markdown(summary: dict[str, Any], plots: list[Path]) -> str:
-    lines = [f"# ecso eval: {summary.get('benchmark')} on {summary.get('model')}", ""]
-    for line in _header(summary):
+    lines = [f"# ecso eval: {_md(summary.get('benchmark'))} on {_md(summary.get('model'))}", ""]
+    for line in _header(summary, markdown=True):
         lines += [line, ""]
     for title, header, rows, note in _tables(summary):
-        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+        lines += [f"## {_md(title)}", "", "| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
         lines += ["", note, ""] if note else [""]
     lines += [f"![{p.stem}]({p.as_posix()})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _clip(value: Any, limit: int) -> str:
+    """``value`` as one line of at most ``limit`` characters (a longer one ends with an ellipsis).
+
+    Line breaks (U+2028 too), tabs and other control characters become spaces.
+    """
+    text = "".join(" " if ch.isspace() or unicodedata.category(ch) == "Cc" else ch for ch in str(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _md(value: Any) -> str:
+    """``value`` as Markdown text that stays one table cell or heading and carries no markup of its own.
+
+    Backslashes and ``|`` are backslash-escaped (a pipe would split the cell), ``&``, ``<`` and ``>``
+    become entities (no raw HTML), line breaks become spaces (no new row, heading or block), and a
+    leading ``#`` is escaped.
+    """
+    text = _clip(value, _TABLE_LABEL_CHARS)
+    text = text.replace("\\", "\\\\").replace("|", "\\|")
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    stripped = text.lstrip()
+    if stripped.startswith("#"):
+        text = text[: len(text) - len(stripped)] + "\\" + stripped
+    return text
+
+
+def _code(value: Any) -> str:
+    """``value`` inside a Markdown code span: one line, without backticks (they would end the span)."""
+    return _clip(value, _TABLE_LABEL_CHARS).replace("`", "'")
 
 
 def _html(summary: dict[str, Any], plots: list[Path]) -> str:
@@ -331,9 +390,12 @@ def _html(summary: dict[str, Any], plots: list[Path]) -> str:
         *(f"<p>{html.escape(line)}</p>" for line in _header(summary)),
     ]
     for title, header, rows, note in _tables(summary):
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table>")
+        head = "".join(f"<th>{html.escape(_clip(h, _TABLE_LABEL_CHARS))}</th>" for h in header)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(_clip(c, _TABLE_LABEL_CHARS))}</td>" for c in row) + "</tr>"
+            for row in rows
+        )
+        parts.append(f"<h2>{html.escape(_clip(title, _TABLE_LABEL_CHARS))}</h2><table><tr>{head}</tr>{body}</table>")
         if note:
             parts.append(f"<p>{html.escape(note)}</p>")
     for plot in plots:  # embedded, so the page is one self-contained file
@@ -364,7 +426,10 @@ def _plots(summary: dict[str, Any], folder: Path) -> list[Path]:
             (
                 "attack_success",
                 "Attack success rate",
-                [f"{r['scenario']}\n{r['image_kind']}" for r in rows],
+                [
+                    f"{_clip(r['scenario'], _PLOT_LABEL_CHARS)}\n{_clip(r['image_kind'], _PLOT_LABEL_CHARS)}"
+                    for r in rows
+                ],
                 [r["asr_before"] or 0 for r in rows],
                 [r["asr_after"] or 0 for r in rows],
             )
@@ -375,7 +440,7 @@ def _plots(summary: dict[str, Any], folder: Path) -> list[Path]:
             (
                 "over_refusal",
                 "Refusal rate",
-                [r["prompts"] for r in rows],
+                [_clip(r["prompts"], _PLOT_LABEL_CHARS) for r in rows],
                 [r["refusal_before"] or 0 for r in rows],
                 [r["refusal_after"] or 0 for r in rows],
             )
@@ -397,9 +462,10 @@ def _plots(summary: dict[str, Any], folder: Path) -> list[Path]:
         positions = range(len(labels))
         axes.bar([p - 0.2 for p in positions], before, width=0.4, label="before", color="#c0504d")
         axes.bar([p + 0.2 for p in positions], after, width=0.4, label="with ECSO", color="#4f81bd")
-        axes.set_xticks(list(positions), labels, fontsize=7)
+        # category names are data: never TeX ($...$ is mathtext to matplotlib, and a bad one raises)
+        axes.set_xticks(list(positions), labels, fontsize=7, parse_math=False, usetex=False)
         axes.set_ylim(0, 1.2)  # headroom for the legend above full bars
-        axes.set_title(title)
+        axes.set_title(title, parse_math=False, usetex=False)
         axes.legend(loc="upper right", ncol=2, fontsize=8)
         figure.tight_layout()
         path = folder / f"{name}.png"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
 import random
 from collections.abc import Sequence
 
@@ -25,6 +26,11 @@ def bootstrap_rate_ci(
     """Percentile bootstrap interval of the rate ``successes / n`` (None when ``n`` is 0).
 
     Deterministic for a seed: the same counts and seed give the same interval.
+
+    Raises:
+        ValueError: negative counts, ``successes`` above ``n`` (when ``n`` is not 0), ``resamples`` below 1
+            or ``level`` outside (0, 1).
+
     """
     return bootstrap_mean_ci([(successes, n)], resamples=resamples, seed=seed, level=level)
 
@@ -37,7 +43,13 @@ def bootstrap_mean_ci(
     Cases are resampled within each row (a stratified bootstrap: every row keeps its size), and each
     resample's statistic is the mean of the rows' resampled rates. Rows with ``n == 0`` are left out;
     None when none remain.
+
+    Raises:
+        ValueError: a row with a negative count or ``k > n > 0``, ``resamples`` below 1 or ``level``
+            outside (0, 1).
+
     """
+    _check_bootstrap(rows, resamples, level)
     kept = [(k, n) for k, n in rows if n > 0]
     if not kept:
         return None
@@ -51,6 +63,22 @@ def bootstrap_mean_ci(
     low = stats[max(0, math.floor(tail * resamples))]
     high = stats[min(resamples - 1, math.ceil((1.0 - tail) * resamples) - 1)]
     return round(low, 4), round(high, 4)
+
+
+def _check_bootstrap(rows: Sequence[tuple[int, int]], resamples: int, level: float) -> None:
+    """Refuse arguments that have no interval (a rate of 5/3, no resamples, a 150% level)."""
+    if isinstance(resamples, bool) or not isinstance(resamples, numbers.Integral) or resamples < 1:
+        raise ValueError(f"bootstrap resamples must be an integer of at least 1, got {resamples!r}")
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0.0 < level < 1.0:
+        raise ValueError(f"bootstrap level must be a number strictly between 0 and 1, got {level!r}")
+    for k, n in rows:
+        for name, value in (("successes", k), ("n", n)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"bootstrap counts must be integers, got {name}={value!r}")
+        if n < 0 or k < 0:
+            raise ValueError(f"a rate needs counts >= 0, got {k} of {n}")
+        if n > 0 and k > n:  # a row with n == 0 is no rate at all: it is left out, as documented
+            raise ValueError(f"a rate needs successes <= n, got {k} of {n}")
 
 
 def _binomial_cdf(n: int, p: float) -> list[float]:
@@ -78,7 +106,14 @@ def cohen_kappa(both_yes: int, only_first: int, only_second: int, both_no: int) 
         only_second: the first said no, the second yes.
         both_no: both said no.
 
+    Raises:
+        ValueError: a cell that is negative or not an integer.
+
     """
+    cells = {"both_yes": both_yes, "only_first": only_first, "only_second": only_second, "both_no": both_no}
+    for name, value in cells.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"Cohen's kappa needs counts >= 0 in every cell, got {name}={value!r}")
     n = both_yes + only_first + only_second + both_no
     if n == 0:
         return None
