@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["scale_qk", "tokenizer"]
@@ -31,9 +32,15 @@ def tokenizer(
     unk: str | None,
     extra: dict[str, str],
     add_bos: bool,
+    words: Sequence[str] = (),
 ) -> Any:
-    """A byte-level BPE trained on the fixed corpus with ``specials``, as a ``PreTrainedTokenizerFast``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """A byte-level BPE trained on the fixed corpus with ``specials``, as a ``PreTrainedTokenizerFast``.
+
+    ``words`` (a safety judge's answer words) become whole tokens: ordinary (not special) added tokens,
+    matched longest first (``unsafe`` before ``safe``, ``S14`` before ``S1``) and kept when decoding. They
+    come before the ``extra`` special tokens, so an image token appended last (Mllama) stays the last id.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE(unk_token=None))
@@ -50,6 +57,8 @@ def tokenizer(
         core.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, core.token_to_id(bos))]
         )
+    if words:
+        core.add_tokens([AddedToken(word, special=False, normalized=False) for word in words])
     return PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token=bos,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._text import scale_qk
@@ -10,7 +11,15 @@ from ._text import tokenizer as train_tokenizer
 if TYPE_CHECKING:
     from . import TinySpec
 
-__all__ = ["GEMMA3_CHAT_TEMPLATE", "PALIGEMMA_CHAT_TEMPLATE", "build_gemma3", "build_paligemma"]
+__all__ = [
+    "GEMMA3_CHAT_TEMPLATE",
+    "GEMMA3_SPECIALS",
+    "PALIGEMMA_CHAT_TEMPLATE",
+    "build_gemma3",
+    "build_paligemma",
+    "gemma3_config_parts",
+    "gemma3_tokenizer",
+]
 
 # Gemma 3's turn format: the system text is folded into the first user turn.
 GEMMA3_CHAT_TEMPLATE = (
@@ -31,30 +40,24 @@ GEMMA3_CHAT_TEMPLATE = (
 )
 
 
-def build_gemma3(spec: TinySpec) -> tuple[Any, Any]:
-    """Gemma 3: SigLIP vision tower, pooled image tokens, sliding-window text layers, Gemma's turn template."""
-    from transformers import (
-        Gemma3Config,
-        Gemma3ForConditionalGeneration,
-        Gemma3ImageProcessorPil,
-        Gemma3Processor,
-        Gemma3TextConfig,
-        SiglipVisionConfig,
-    )
+GEMMA3_SPECIALS = [
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<unk>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<start_of_image>",
+    "<end_of_image>",
+    "<image_soft_token>",
+]
+"""Gemma 3's special tokens, in the tiny tokenizer's first ids."""
 
-    specials = [
-        "<pad>",
-        "<eos>",
-        "<bos>",
-        "<unk>",
-        "<start_of_turn>",
-        "<end_of_turn>",
-        "<start_of_image>",
-        "<end_of_image>",
-        "<image_soft_token>",
-    ]
-    tok = train_tokenizer(
-        specials,
+
+def gemma3_tokenizer(spec: TinySpec, words: Sequence[str] = ()) -> Any:
+    """The tiny Gemma 3 tokenizer (a fine-tuned judge adds the ``words`` it answers with)."""
+    return train_tokenizer(
+        GEMMA3_SPECIALS,
         spec.vocab_size,
         bos="<bos>",
         eos="<eos>",
@@ -62,25 +65,29 @@ def build_gemma3(spec: TinySpec) -> tuple[Any, Any]:
         unk="<unk>",
         extra={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
         add_bos=True,
+        words=words,
     )
-    image_processor = Gemma3ImageProcessorPil(size={"height": spec.image_size, "width": spec.image_size})
-    processor = Gemma3Processor(
-        image_processor=image_processor,
-        tokenizer=tok,
-        chat_template=GEMMA3_CHAT_TEMPLATE,
-        image_seq_length=spec.image_tokens,
-    )
+
+
+def gemma3_config_parts(spec: TinySpec, tok: Any, **vision: Any) -> dict[str, Any]:
+    """The keyword arguments of a tiny Gemma 3 config: vision and text towers, image tokens.
+
+    For ``Gemma3Config`` and for the configs that wrap one (ShieldGemma 2); ``vision`` adds SigLIP settings.
+    """
+    from transformers import Gemma3TextConfig, SiglipVisionConfig
+
     ids = tok.convert_tokens_to_ids
-    config = Gemma3Config(
-        vision_config=SiglipVisionConfig(
+    return {
+        "vision_config": SiglipVisionConfig(
             hidden_size=spec.vision_hidden,
             intermediate_size=2 * spec.vision_hidden,
             num_hidden_layers=spec.vision_layers,
             num_attention_heads=2,
             image_size=spec.image_size,
             patch_size=spec.patch_size,
+            **vision,
         ),
-        text_config=Gemma3TextConfig(
+        "text_config": Gemma3TextConfig(
             vocab_size=len(tok),
             hidden_size=spec.text_hidden,
             intermediate_size=2 * spec.text_hidden,
@@ -94,11 +101,26 @@ def build_gemma3(spec: TinySpec) -> tuple[Any, Any]:
             eos_token_id=[tok.eos_token_id, ids("<end_of_turn>")],
             pad_token_id=tok.pad_token_id,
         ),
-        mm_tokens_per_image=spec.image_tokens,
-        boi_token_index=ids("<start_of_image>"),
-        eoi_token_index=ids("<end_of_image>"),
-        image_token_index=ids("<image_soft_token>"),
+        "mm_tokens_per_image": spec.image_tokens,
+        "boi_token_index": ids("<start_of_image>"),
+        "eoi_token_index": ids("<end_of_image>"),
+        "image_token_index": ids("<image_soft_token>"),
+    }
+
+
+def build_gemma3(spec: TinySpec) -> tuple[Any, Any]:
+    """Gemma 3: SigLIP vision tower, pooled image tokens, sliding-window text layers, Gemma's turn template."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
+
+    tok = gemma3_tokenizer(spec)
+    image_processor = Gemma3ImageProcessorPil(size={"height": spec.image_size, "width": spec.image_size})
+    processor = Gemma3Processor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        chat_template=GEMMA3_CHAT_TEMPLATE,
+        image_seq_length=spec.image_tokens,
     )
+    config = Gemma3Config(**gemma3_config_parts(spec, tok))
     model = Gemma3ForConditionalGeneration(config)
     scale_qk(model.model.language_model)
     return processor, model.eval()

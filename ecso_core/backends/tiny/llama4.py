@@ -33,7 +33,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._text import scale_qk
-from .llama_guard import judge_tokenizer
+from ._text import tokenizer as train_tokenizer
+from .llama_guard import JUDGE_WORDS
 
 if TYPE_CHECKING:
     from . import TinySpec
@@ -108,7 +109,7 @@ def build_llama_guard_4(spec: TinySpec) -> tuple[Any, Any]:
 
     from ..hf_loading import Llama4ImageProcessorPil
 
-    tok = judge_tokenizer(
+    tok = train_tokenizer(
         LLAMA4_SPECIALS,
         spec.vocab_size,
         bos="<|begin_of_text|>",
@@ -117,6 +118,7 @@ def build_llama_guard_4(spec: TinySpec) -> tuple[Any, Any]:
         unk=None,
         extra={},
         add_bos=True,
+        words=JUDGE_WORDS,
     )
     ids = tok.convert_tokens_to_ids
     image_processor = Llama4ImageProcessorPil(

@@ -20,15 +20,12 @@ newline after it; the model answers ``"\n\nsafe"``) is always there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-
-from ._text import tokenizer as train_tokenizer
 
 if TYPE_CHECKING:
     from . import TinySpec
 
-__all__ = ["JUDGE_WORDS", "LLAMA_GUARD_3_VISION_CHAT_TEMPLATE", "build_llama_guard_3_vision", "judge_tokenizer"]
+__all__ = ["JUDGE_WORDS", "LLAMA_GUARD_3_VISION_CHAT_TEMPLATE", "build_llama_guard_3_vision"]
 
 JUDGE_WORDS: tuple[str, ...] = ("safe", "unsafe", *(f"S{i}" for i in range(1, 15)), "Yes", "No")
 """What the judges answer with, each one token in every judge's tokenizer: Llama Guard's verdict and
@@ -100,53 +97,8 @@ LLAMA_GUARD_3_VISION_CHAT_TEMPLATE = """{%- if messages|length % 2 == 0 -%}
 {{- " - If unsafe, a second line must include a comma-separated list of violated categories. <|eot_id|><|start_header_id|>assistant<|end_header_id|>"-}}"""  # noqa: E501, W291
 
 
-def judge_tokenizer(
-    specials: list[str],
-    vocab_size: int,
-    *,
-    bos: str | None,
-    eos: str,
-    pad: str,
-    unk: str | None,
-    extra: dict[str, str],
-    add_bos: bool,
-    words: Sequence[str] = JUDGE_WORDS,
-) -> Any:
-    """The shared tiny tokenizer (:func:`._text.tokenizer`) with ``words`` as whole tokens.
-
-    The words are ordinary (not special) added tokens, matched longest first (``unsafe`` before ``safe``,
-    ``S14`` before ``S1``) and kept when decoding. They come before the ``extra`` special tokens, so an
-    image token appended last (Mllama) stays the last id.
-    """
-    from tokenizers import AddedToken
-    from transformers import PreTrainedTokenizerFast
-
-    base = train_tokenizer(specials, vocab_size, bos=bos, eos=eos, pad=pad, unk=unk, extra={}, add_bos=add_bos)
-    core = base.backend_tokenizer
-    core.add_tokens([AddedToken(word, special=False, normalized=False) for word in words])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        bos_token=bos,
-        eos_token=eos,
-        pad_token=pad,
-        unk_token=unk,
-        padding_side="left",
-        extra_special_tokens=extra,
-    )
-
-
 def build_llama_guard_3_vision(spec: TinySpec) -> tuple[Any, Any]:
     """Llama Guard 3 Vision: the tiny Mllama with the judge's template and words."""
-    from .mllama import MLLAMA_SPECIALS, build_mllama
+    from .mllama import build_mllama
 
-    tokenizer = judge_tokenizer(
-        MLLAMA_SPECIALS,
-        spec.vocab_size,
-        bos="<|begin_of_text|>",
-        eos="<|eot_id|>",
-        pad="<|finetune_right_pad_id|>",
-        unk=None,
-        extra={"image_token": "<|image|>"},
-        add_bos=True,
-    )
-    return build_mllama(spec, chat_template=LLAMA_GUARD_3_VISION_CHAT_TEMPLATE, tokenizer=tokenizer)
+    return build_mllama(spec, chat_template=LLAMA_GUARD_3_VISION_CHAT_TEMPLATE, words=JUDGE_WORDS)

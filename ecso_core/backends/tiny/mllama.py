@@ -8,6 +8,7 @@ cross-attention q/k norms scaled (q and k are normalised after their projections
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._text import scale_qk
@@ -75,7 +76,7 @@ MLLAMA_SPECIALS = [
 
 
 def build_mllama(
-    spec: TinySpec, chat_template: str = MLLAMA_CHAT_TEMPLATE, tokenizer: Any | None = None
+    spec: TinySpec, chat_template: str = MLLAMA_CHAT_TEMPLATE, words: Sequence[str] = ()
 ) -> tuple[Any, Any]:
     """Llama 3.2 Vision layout: tiled vision encoder, cross-attention layer(s) between self-attention layers.
 
@@ -83,7 +84,7 @@ def build_mllama(
     self-attention layer, as in the real model, whose first cross-attention layer is 3). As in the real
     tokenizer, ``<|image|>`` is the last id, equal to ``text_config.vocab_size`` (the embedding has 8 extra rows;
     the LM head cannot produce it). A fine-tuned variant (Llama Guard 3 Vision) passes its own
-    ``chat_template`` and ``tokenizer`` (with :data:`MLLAMA_SPECIALS` and ``<|image|>`` last).
+    ``chat_template`` and the ``words`` it answers with (whole tokens, before ``<|image|>``).
     """
     from transformers import (
         MllamaConfig,
@@ -94,17 +95,17 @@ def build_mllama(
         MllamaVisionConfig,
     )
 
-    if tokenizer is None:
-        tokenizer = train_tokenizer(
-            MLLAMA_SPECIALS,
-            spec.vocab_size,
-            bos="<|begin_of_text|>",
-            eos="<|eot_id|>",
-            pad="<|finetune_right_pad_id|>",
-            unk=None,
-            extra={"image_token": "<|image|>"},  # not among the trained specials: appended as the last id
-            add_bos=True,
-        )
+    tokenizer = train_tokenizer(
+        MLLAMA_SPECIALS,
+        spec.vocab_size,
+        bos="<|begin_of_text|>",
+        eos="<|eot_id|>",
+        pad="<|finetune_right_pad_id|>",
+        unk=None,
+        extra={"image_token": "<|image|>"},  # not among the trained specials: appended as the last id
+        add_bos=True,
+        words=words,
+    )
     ids = tokenizer.convert_tokens_to_ids
     image_token_id = ids("<|image|>")
     assert image_token_id == len(tokenizer) - 1

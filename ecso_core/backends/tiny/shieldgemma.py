@@ -24,7 +24,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._text import scale_qk
-from .llama_guard import judge_tokenizer
+from .gemma import gemma3_config_parts, gemma3_tokenizer
+from .llama_guard import JUDGE_WORDS
 
 if TYPE_CHECKING:
     from . import TinySpec
@@ -62,25 +63,12 @@ def build_shieldgemma2(spec: TinySpec) -> tuple[Any, Any]:
     """ShieldGemma 2: the tiny Gemma 3 (SigLIP tower, pooled image tokens) as ``ShieldGemma2ForImageClassification``."""
     from transformers import (
         Gemma3ImageProcessorPil,
-        Gemma3TextConfig,
         ShieldGemma2Config,
         ShieldGemma2ForImageClassification,
         ShieldGemma2Processor,
-        SiglipVisionConfig,
     )
 
-    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
-    specials += ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
-    tok = judge_tokenizer(
-        specials,
-        spec.vocab_size,
-        bos="<bos>",
-        eos="<eos>",
-        pad="<pad>",
-        unk="<unk>",
-        extra={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
-        add_bos=True,
-    )
+    tok = gemma3_tokenizer(spec, words=JUDGE_WORDS)
     # As the conversion script: the ids after BOS of "Yes" and "No".
     yes_id, no_id = (ids[1] for ids in tok(["Yes", "No"])["input_ids"])
     image_processor = Gemma3ImageProcessorPil(
@@ -95,35 +83,8 @@ def build_shieldgemma2(spec: TinySpec) -> tuple[Any, Any]:
         chat_template=SHIELDGEMMA2_CHAT_TEMPLATE,
         image_seq_length=spec.image_tokens,
     )
-    ids = tok.convert_tokens_to_ids
     config = ShieldGemma2Config(  # type: ignore[call-arg]  # yes/no indices: extra attributes the classifier reads
-        vision_config=SiglipVisionConfig(
-            hidden_size=spec.vision_hidden,
-            intermediate_size=2 * spec.vision_hidden,
-            num_hidden_layers=spec.vision_layers,
-            num_attention_heads=2,
-            image_size=spec.image_size,
-            patch_size=spec.patch_size,
-            vision_use_head=False,
-        ),
-        text_config=Gemma3TextConfig(
-            vocab_size=len(tok),
-            hidden_size=spec.text_hidden,
-            intermediate_size=2 * spec.text_hidden,
-            num_hidden_layers=spec.text_layers,
-            num_attention_heads=4,
-            num_key_value_heads=1,
-            head_dim=32,
-            max_position_embeddings=4096,
-            sliding_window=512,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=[tok.eos_token_id, ids("<end_of_turn>")],
-            pad_token_id=tok.pad_token_id,
-        ),
-        mm_tokens_per_image=spec.image_tokens,
-        boi_token_index=ids("<start_of_image>"),
-        eoi_token_index=ids("<end_of_image>"),
-        image_token_index=ids("<image_soft_token>"),
+        **gemma3_config_parts(spec, tok, vision_use_head=False),
         yes_token_index=int(yes_id),
         no_token_index=int(no_id),
     )
