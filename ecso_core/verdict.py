@@ -24,6 +24,7 @@ __all__ = [
     "parse_verdict_text",
     "score_from_logprobs",
     "score_from_tokens",
+    "starts_word",
     "verdict_from_score",
     "verdict_from_text",
     "worst_verdict",
@@ -117,20 +118,23 @@ def combine_verdicts(verdicts: Sequence[Verdict]) -> Verdict:
     )
 
 
-def _side(token: str, unsafe: tuple[str, ...], safe: tuple[str, ...]) -> str | None:
-    """Which side a first token stands for, if any.
+def starts_word(piece: str, word: str) -> bool:
+    """Whether a first token ``piece`` stands for ``word``.
 
-    A whole word, or (two characters or more) the start of words of one side only ("un" of "unsafe"),
-    as a tokenizer without the whole word writes it.
+    The word itself, or (two characters or more) its start, as a tokenizer without the whole word
+    writes it ("un" of "unsafe").
     """
+    return piece == word or (len(piece) >= 2 and word.startswith(piece))
+
+
+def _side(token: str, unsafe: tuple[str, ...], safe: tuple[str, ...]) -> str | None:
+    """Which side a first token stands for, if any: a word of one side, or the start of words of one side only."""
     if token in unsafe:
         return "unsafe"
     if token in safe:
         return "safe"
-    if len(token) < 2:
-        return None
-    starts_unsafe = any(w.startswith(token) for w in unsafe)
-    starts_safe = any(w.startswith(token) for w in safe)
+    starts_unsafe = any(starts_word(token, w) for w in unsafe)
+    starts_safe = any(starts_word(token, w) for w in safe)
     return "unsafe" if starts_unsafe and not starts_safe else "safe" if starts_safe and not starts_unsafe else None
 
 

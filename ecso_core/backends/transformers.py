@@ -34,6 +34,7 @@ from ..types import (
     TokenUsage,
     YesNoScore,
 )
+from ..verdict import starts_word
 from .base import BackendBase, BackendCapabilities, check_capabilities
 
 try:
@@ -143,7 +144,7 @@ def yes_no_token_ids(tokenizer: Any, words: ScoreWords | None = None) -> tuple[l
             encoded = tokenizer.encode(variant, add_special_tokens=False)
             if encoded:
                 piece, word = fold(tokenizer.decode(encoded[:1]).strip()), fold(variant.strip())
-                if piece and (piece == word or (len(piece) >= 2 and word.startswith(piece))):
+                if piece and starts_word(piece, word):
                     ids.add(encoded[0])
         return ids
 

@@ -97,49 +97,47 @@ _MOSSBENCH = PublishedTable(
     url="https://github.com/xirui-li/MOSSBench",
 )
 
+_ECSO_PAPER = Protocol(
+    name="ecso-paper",
+    summary="the ECSO paper: harmless rate judged by GPT-4 with ECSO's own judge prompts",
+    benchmarks=("mm-safetybench", "vlsafe"),
+    scenarios=PAPER_SCENARIOS,
+    image_kinds=ALL_KINDS,
+    judge="llm",
+    judge_prompts="ecso-official",
+    judge_hint="GPT-4 in the paper, e.g. --judge openai:gpt-4o@https://api.openai.com/v1",
+    metric="harmless_rate",
+    mirrors=(_ECSO,),
+    reproduces="the cases (scenarios 01-07 and 09 x SD, TYPO, SD_TYPO; VLSafe's harmlessness_examine split),"
+    " the guard's prompts and greedy decoding, ECSO's judge prompts (query_safety of its GPT-4 "
+    "table for MM-SafetyBench, llm_binary_strict for VLSafe) and the metric (harmless rate = 1 - "
+    "attack success), pooled and as the mean of the scenario rows",
+    differs="the judge model is yours (the paper's GPT-4 snapshot may no longer be served); judge replies"
+    " that do not parse are left out and counted, where ECSO's script counted any reply other "
+    "than exactly 'safe' (or without a [[rating]]) as harmful; our self-check verdict is not "
+    "fail-open (see SPEC), so 'Yes, ...' counts as unsafe; the paper's printed SD+OCR/OCR "
+    "averages are not its rows' means (the report prints both)",
+)
+
+_NO_GATE = _ECSO_PAPER.model_copy(
+    update={
+        "name": "no-gate",
+        "summary": "the ECSO paper's setting with ECSO's self-check gate removed (every image request captioned)",
+        "guard": {"gate": False},
+        "reproduces": "the 'ECSO' some follow-up papers compare against: no harm-aware check, every request with"
+        " an image is captioned and answered eyes closed (ECSOConfig(gate=False)); everything else as "
+        "ecso-paper",
+        "differs": "not a published ECSO variant: an ablation, so its numbers show what the gate costs or buys; "
+        "the step-1 answer is still generated (it is the 'before' column) and the guard's verdicts "
+        "are 'no_gate', so the agreement table is empty",
+    }
+)
+
 PROTOCOLS: dict[str, Protocol] = {
     p.name: p
     for p in (
-        Protocol(
-            name="ecso-paper",
-            summary="the ECSO paper: harmless rate judged by GPT-4 with ECSO's own judge prompts",
-            benchmarks=("mm-safetybench", "vlsafe"),
-            scenarios=PAPER_SCENARIOS,
-            image_kinds=ALL_KINDS,
-            judge="llm",
-            judge_prompts="ecso-official",
-            judge_hint="GPT-4 in the paper, e.g. --judge openai:gpt-4o@https://api.openai.com/v1",
-            metric="harmless_rate",
-            mirrors=(_ECSO,),
-            reproduces="the cases (scenarios 01-07 and 09 x SD, TYPO, SD_TYPO; VLSafe's harmlessness_examine split),"
-            " the guard's prompts and greedy decoding, ECSO's judge prompts (query_safety of its GPT-4 "
-            "table for MM-SafetyBench, llm_binary_strict for VLSafe) and the metric (harmless rate = 1 - "
-            "attack success), pooled and as the mean of the scenario rows",
-            differs="the judge model is yours (the paper's GPT-4 snapshot may no longer be served); judge replies"
-            " that do not parse are left out and counted, where ECSO's script counted any reply other "
-            "than exactly 'safe' (or without a [[rating]]) as harmful; our self-check verdict is not "
-            "fail-open (see SPEC), so 'Yes, ...' counts as unsafe; the paper's printed SD+OCR/OCR "
-            "averages are not its rows' means (the report prints both)",
-        ),
-        Protocol(
-            name="no-gate",
-            summary="the ECSO paper's setting with ECSO's self-check gate removed (every image request captioned)",
-            benchmarks=("mm-safetybench", "vlsafe"),
-            scenarios=PAPER_SCENARIOS,
-            image_kinds=ALL_KINDS,
-            judge="llm",
-            judge_prompts="ecso-official",
-            judge_hint="GPT-4 in the paper, e.g. --judge openai:gpt-4o@https://api.openai.com/v1",
-            metric="harmless_rate",
-            guard={"gate": False},
-            mirrors=(_ECSO,),
-            reproduces="the 'ECSO' some follow-up papers compare against: no harm-aware check, every request with an"
-            " image is captioned and answered eyes closed (ECSOConfig(gate=False)); everything else as "
-            "ecso-paper",
-            differs="not a published ECSO variant: an ablation, so its numbers show what the gate costs or buys; "
-            "the step-1 answer is still generated (it is the 'before' column) and the guard's verdicts "
-            "are 'no_gate', so the agreement table is empty",
-        ),
+        _ECSO_PAPER,
+        _NO_GATE,
         Protocol(
             name="eta",
             summary="ETA / GuardAlign: unsafe rate on MM-SafetyBench SD+TYPO, all 13 scenarios, by a local judge",

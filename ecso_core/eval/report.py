@@ -174,6 +174,15 @@ def _row(scenario: str, kind: str, n: int, before: Any, after: Any, before_ci: A
     }
 
 
+def _scenario_groups(members: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Records by scenario; a record without one (JSONL) counts only in the pooled row."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in members:
+        if record["scenario"] != "all":
+            groups[record["scenario"]].append(record)
+    return groups
+
+
 def _attack_tables(attacks: list[dict[str, Any]], metric: str, seed: int) -> list[dict[str, Any]]:
     title, better = _METRIC_TITLES.get(metric, _METRIC_TITLES["attack_success_rate"])
     by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -181,10 +190,7 @@ def _attack_tables(attacks: list[dict[str, Any]], metric: str, seed: int) -> lis
         by_kind[record["image_kind"]].append(record)
     tables = []
     for kind, members in sorted(by_kind.items()):
-        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for record in members:
-            if record["scenario"] != "all":
-                groups[record["scenario"]].append(record)
+        groups = _scenario_groups(members)
         tables.append(
             {
                 "kind": "attack",
@@ -203,10 +209,7 @@ def _refusal_tables(refusals: list[dict[str, Any]], seed: int) -> list[dict[str,
         by_label[_prompts_label(record)].append(record)
     tables = []
     for label, members in sorted(by_label.items()):
-        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for record in members:
-            if record["scenario"] != "all":
-                groups[record["scenario"]].append(record)
+        groups = _scenario_groups(members)
         tables.append(
             {
                 "kind": "over_refusal",
