@@ -6,18 +6,16 @@ Every loader yields :class:`EvalCase` objects. The layout is the one of the publ
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import ConfigError
+from ._files import URL, csv_rows, inside, json_file, json_object, jsonl_rows, kind_of, object_field, text_field
 from .render import render_figstep, render_mm_safetybench_typo
 
 __all__ = [
@@ -138,9 +136,9 @@ def load_figstep(root: Path, subset: str = "safebench", **_: Any) -> Iterator[Ev
     path = folder / "question" / csv_name
     font = str(folder / "font" / "FreeMonoBold.ttf")
     columns = ("dataset", "category_id", "task_id", "category_name", "question", "instruction")
-    for line, row in _csv_rows(path, columns):
+    for line, row in csv_rows(path, columns):
         name = f"query_{row['dataset']}_{row['category_id']}_{row['task_id']}_6.png"
-        shipped = _inside(images, name, f"{path}, line {line}")
+        shipped = inside(images, name, f"{path}, line {line}")
         yield EvalCase(
             id=f"figstep-{row['category_id']}-{row['task_id']}",
             benchmark="figstep",
@@ -171,14 +169,14 @@ def load_mm_safetybench(
         scenario = path.stem
         if wanted and scenario[:2] not in wanted:
             continue
-        for key, item in _json_object(path).items():
+        for key, item in json_object(path).items():
             if not re.fullmatch(r"\d+", key):
                 raise ConfigError(f"{path}: question id {key[:100]!r} is not a number")
             if tiny and int(key) not in sampled.get(scenario, set()):
                 continue
             where = f"{path}, question {key}"
-            entry = _object(item, where)
-            fields = {name: _text(entry, name, where) for name in _MMSB_FIELDS}
+            entry = object_field(item, where)
+            fields = {name: text_field(entry, name, where) for name in _MMSB_FIELDS}
             base = {"question": fields["Question"], "key_phrase": fields["Key Phrase"]}
             yield EvalCase(
                 id=f"mmsb-{scenario}-{key}-TYPO",
@@ -210,14 +208,14 @@ def load_mm_safetybench(
 
 def _mmsb_tiny_list(path: Path) -> dict[str, set[int]]:
     """``TinyVersion_ID_List.json``: ``[{"Scenario": name, "Sampled_ID_List": [ids]}, ...]``."""
-    entries = _json_file(path)
+    entries = json_file(path)
     if not isinstance(entries, list):
-        raise ConfigError(f"{path}: expected a JSON list of scenarios, got {_kind_of(entries)}")
+        raise ConfigError(f"{path}: expected a JSON list of scenarios, got {kind_of(entries)}")
     sampled: dict[str, set[int]] = {}
     for number, entry in enumerate(entries):
         where = f"{path}, entry {number}"
-        entry = _object(entry, where)
-        scenario = _text(entry, "Scenario", where)
+        entry = object_field(entry, where)
+        scenario = text_field(entry, "Scenario", where)
         ids = entry.get("Sampled_ID_List")
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise ConfigError(f"{where}: 'Sampled_ID_List' must be a list of whole numbers")
@@ -240,13 +238,13 @@ def load_vlsafe(root: Path, image_dir: Path | None = None, **_: Any) -> Iterator
     images = Path(image_dir) if image_dir else folder / "images"
     path = folder / "harmlessness_examine.jsonl"
     rows = []
-    for line, row in _jsonl_rows(path):
+    for line, row in jsonl_rows(path):
         where = f"{path}, line {line}"
-        image = _inside(images, _text(row, "image_id", where), where)
+        image = inside(images, text_field(row, "image_id", where), where)
         caption = row.get("caption", "")
         if not isinstance(caption, str):
-            raise ConfigError(f"{where}: 'caption' must be a string, got {_kind_of(caption)}")
-        rows.append((image, row["image_id"], _text(row, "query", where), caption))
+            raise ConfigError(f"{where}: 'caption' must be a string, got {kind_of(caption)}")
+        rows.append((image, row["image_id"], text_field(row, "query", where), caption))
     if not images.is_dir():
         raise ConfigError(f"vlsafe: image folder {images} not found (COCO train2017 images; pass --image-dir)")
     _require_images("vlsafe", images, [image for image, *_ in rows])
@@ -278,20 +276,20 @@ def load_mossbench(root: Path, contrast: bool = False, **_: Any) -> Iterator[Eva
     name = "mossbench-contrast" if contrast else "mossbench"
     folder = root / name
     path = folder / "images_information" / "information.json"
-    info = _json_object(path)
+    info = json_object(path)
     items: dict[str, tuple[dict[str, Any], dict[str, Any], Path]] = {}
     for pid, item in info.items():
         where = f"{path}, entry {pid[:100]!r}"
-        item = _object(item, where)
-        metadata = _object(item.get("metadata", {}), f"{where}, 'metadata'")
-        _text(item, "question", where)
+        item = object_field(item, where)
+        metadata = object_field(item.get("metadata", {}), f"{where}, 'metadata'")
+        text_field(item, "question", where)
         own = item.get("pid", pid)
         if not isinstance(own, str | int) or isinstance(own, bool):
-            raise ConfigError(f"{where}: 'pid' must be a string or a number, got {_kind_of(own)}")
+            raise ConfigError(f"{where}: 'pid' must be a string or a number, got {kind_of(own)}")
         description = item.get("short description", "")
         if not isinstance(description, str):
-            raise ConfigError(f"{where}: 'short description' must be a string, got {_kind_of(description)}")
-        items[pid] = (item, metadata, _any_suffix(_inside(folder, _text(item, "image", where), where)))
+            raise ConfigError(f"{where}: 'short description' must be a string, got {kind_of(description)}")
+        items[pid] = (item, metadata, _any_suffix(inside(folder, text_field(item, "image", where), where)))
     _require_images(name, folder, [image for *_, image in items.values()])
     for pid, (item, metadata, image) in sorted(items.items(), key=lambda entry: (len(entry[0]), entry[0])):
         over = str(metadata.get("over", ""))
@@ -339,7 +337,7 @@ def _require_images(benchmark: str, folder: Path, paths: list[Path]) -> None:
 def load_xstest(root: Path, **_: Any) -> Iterator[EvalCase]:
     """XSTest: text-only prompts, safe (over-refusal) and unsafe (contrast) ones."""
     path = root / "xstest" / "xstest_prompts.csv"
-    for _line, row in _csv_rows(path, ("id", "prompt", "type", "label")):
+    for _line, row in csv_rows(path, ("id", "prompt", "type", "label")):
         yield EvalCase(
             id=f"xstest-{row['id']}",
             benchmark="xstest",
@@ -354,9 +352,9 @@ def load_mm_vet(root: Path, **_: Any) -> Iterator[EvalCase]:
     """MM-Vet: utility questions with ground-truth answers."""
     folder = root / "mm-vet"
     path = folder / "mm-vet.json"
-    for key, item in _json_object(path).items():
+    for key, item in json_object(path).items():
         where = f"{path}, entry {key[:100]!r}"
-        item = _object(item, where)
+        item = object_field(item, where)
         capability = item.get("capability")
         if isinstance(capability, str):
             scenario = capability
@@ -366,21 +364,20 @@ def load_mm_vet(root: Path, **_: Any) -> Iterator[EvalCase]:
             raise ConfigError(f"{where}: 'capability' must be a string or a list of strings")
         answer = item.get("answer")
         if not isinstance(answer, str | int | float) or isinstance(answer, bool):
-            raise ConfigError(f"{where}: 'answer' must be a string, got {_kind_of(answer)}")
+            raise ConfigError(f"{where}: 'answer' must be a string, got {kind_of(answer)}")
         yield EvalCase(
             id=f"mmvet-{key}",
             benchmark="mm-vet",
             kind="utility",
             scenario=scenario,
             image_kind="photo",
-            query=_text(item, "question", where),
-            image=_inside(folder / "images", _text(item, "imagename", where), where),
+            query=text_field(item, "question", where),
+            image=inside(folder / "images", text_field(item, "imagename", where), where),
             meta={"answer": answer},
         )
 
 
 _KINDS: tuple[str, ...] = ("attack", "over_refusal", "utility")
-_URL = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|data:)", re.ASCII | re.IGNORECASE)
 
 
 def load_jsonl(path: Path, **_: Any) -> Iterator[EvalCase]:
@@ -392,13 +389,13 @@ def load_jsonl(path: Path, **_: Any) -> Iterator[EvalCase]:
         ConfigError: the file is missing or malformed (the message names the line).
 
     """
-    for line, item in _jsonl_rows(path):
+    for line, item in jsonl_rows(path):
         where = f"{path}, line {line}"
-        query = _text(item, "query", where)
+        query = text_field(item, "query", where)
         name = item.get("image")
         if name is not None and not isinstance(name, str):
-            raise ConfigError(f"{where}: 'image' must be a path (a string), got {_kind_of(name)}")
-        if name and _URL.match(name):
+            raise ConfigError(f"{where}: 'image' must be a path (a string), got {kind_of(name)}")
+        if name and URL.match(name):
             raise ConfigError(f"{where}: 'image' must be a file path, not a URL ({name[:100]!r})")
         image = (path.parent / name if not Path(name).is_absolute() else Path(name)) if name else None
         kind = item.get("kind", "attack")
@@ -406,11 +403,11 @@ def load_jsonl(path: Path, **_: Any) -> Iterator[EvalCase]:
             raise ConfigError(f"{where}: 'kind' must be one of {', '.join(_KINDS)}, got {str(kind)[:100]!r}")
         scenario = item.get("scenario", "all")
         if not isinstance(scenario, str):
-            raise ConfigError(f"{where}: 'scenario' must be a string, got {_kind_of(scenario)}")
-        meta = _object(item.get("meta", {}), f"{where}, 'meta'")
+            raise ConfigError(f"{where}: 'scenario' must be a string, got {kind_of(scenario)}")
+        meta = object_field(item.get("meta", {}), f"{where}, 'meta'")
         case_id = item.get("id", f"jsonl-{line - 1}")
         if not isinstance(case_id, str | int) or isinstance(case_id, bool):
-            raise ConfigError(f"{where}: 'id' must be a string or a whole number, got {_kind_of(case_id)}")
+            raise ConfigError(f"{where}: 'id' must be a string or a whole number, got {kind_of(case_id)}")
         yield EvalCase(
             id=str(case_id),
             benchmark="jsonl",
@@ -424,122 +421,6 @@ def load_jsonl(path: Path, **_: Any) -> Iterator[EvalCase]:
 
 
 # ---- reading third-party files: every defect is a ConfigError naming the file (and line) ---------------------
-
-
-def _kind_of(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(value), "a number" if isinstance(value, int | float) else type(value).__name__)
-
-
-def _read_bytes(path: Path) -> bytes:
-    if not path.exists():
-        raise FileNotFoundError(2, "No such file", str(path))  # load_cases names the benchmark
-    if not path.is_file():
-        raise ConfigError(f"data file {path} is not a file")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read data file {path}: {exc.strerror or exc}") from exc
-
-
-def _json_file(path: Path) -> Any:
-    try:
-        text = _read_bytes(path).decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
-    if not text.strip():
-        raise ConfigError(f"{path}: the file is empty (expected JSON)")
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        detail = f"line {exc.lineno}, column {exc.colno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise ConfigError(f"{path}: not valid JSON ({detail or 'nested too deeply'})") from exc
-
-
-def _json_object(path: Path) -> dict[str, Any]:
-    data = _json_file(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {_kind_of(data)}")
-    return data
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number from 1, object)`` for every non-blank line; all rows are checked before the first is given."""
-    rows = []
-    for number, raw in enumerate(_read_bytes(path).split(b"\n"), start=1):
-        where = f"{path}, line {number}"
-        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raise ConfigError(f"{where}: the file starts with a UTF-8 byte order mark; save it as plain UTF-8")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{where}: not UTF-8 text (byte {exc.start})") from exc
-        if not text.strip():
-            continue
-        try:
-            item = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            detail = f"column {exc.colno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-            raise ConfigError(f"{where}: not valid JSON ({detail})") from exc
-        rows.append((number, _object(item, where)))
-    return iter(rows)
-
-
-def _csv_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    """``(line number, row)`` of a CSV file with (at least) ``columns``; every row is checked first."""
-    data = _read_bytes(path)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    rows = []
-    try:
-        header = reader.fieldnames or []
-        missing = [column for column in columns if column not in header]
-        if missing:
-            raise ConfigError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(header) or 'none'})")
-        for row in reader:
-            short = [column for column in columns if not isinstance(row.get(column), str)]
-            if short:
-                raise ConfigError(f"{path}, line {reader.line_num}: no value for {', '.join(short)}")
-            rows.append((reader.line_num, row))
-    except csv.Error as exc:
-        raise ConfigError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from exc
-    return iter(rows)
-
-
-def _object(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a JSON object, got {_kind_of(value)}")
-    return value
-
-
-def _text(item: dict[str, Any], key: str, where: str) -> str:
-    if key not in item:
-        raise ConfigError(f"{where}: missing {key!r}")
-    value = item[key]
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: {key!r} must be a string, got {_kind_of(value)}")
-    return value
-
-
-def _inside(folder: Path, name: str, where: str) -> Path:
-    """``folder / name`` for a relative ``name`` that stays inside ``folder`` (checked lexically).
-
-    Symlinks are not resolved: releases often link their image folders (COCO) elsewhere, which is fine; what a
-    downloaded file may not do is name an absolute path, a ``..`` step or a URL.
-    """
-    if not name.strip() or "\x00" in name:
-        raise ConfigError(f"{where}: empty or invalid image name {name[:100]!r}")
-    if _URL.match(name):
-        raise ConfigError(f"{where}: image {name[:100]!r} is a URL; a release's images must be files in its folder")
-    windows = PureWindowsPath(name)
-    if PurePosixPath(name).is_absolute() or windows.drive or windows.root:
-        raise ConfigError(f"{where}: image {name[:100]!r} is an absolute path; it must be relative to {folder}")
-    if ".." in windows.parts:  # splits on / and \ alike
-        raise ConfigError(f"{where}: image {name[:100]!r} leads out of {folder}")
-    return folder / name
 
 
 BENCHMARKS: dict[str, Callable[..., Iterator[EvalCase]]] = {
