@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -58,4 +59,16 @@ def red_png() -> bytes:
 def image_file(tmp_path: Path) -> Path:
     path = tmp_path / "picture.png"
     path.write_bytes(png_bytes("blue", (40, 30)))
+    return path
+
+
+@pytest.fixture
+def images_jsonl(tmp_path: Path) -> Path:
+    """A JSONL benchmark of three image cases next to their picture (the eval attack tests)."""
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    Image.new("RGB", (16, 16), "gray").save(folder / "a.png")
+    rows = [{"image": "a.png", "query": f"q{i}"} for i in range(3)]
+    path = folder / "cases.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
